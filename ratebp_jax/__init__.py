@@ -1,0 +1,18 @@
+"""ratebp_jax: rate-based backpropagation for deep spiking neural networks in JAX.
+
+The functional core (SPEC §1, §3.1–3.2):
+    lif_scan(x, **neuron)        spikes [T, ...], BPTT-differentiable
+    lif_rate_stats(x, **neuron)  (rate, eligibility), no gradient
+    rate_grad(x, rate, elig)     value rate, derivative elig
+Importing the package has no side effects; ``import ratebp_jax.data``
+registers the TFDS builders.
+"""
+
+from ratebp_jax.neuron import RESETS, SURROGATES, LIFParams, lif_scan, lif_step, spike_fn, surrogate_grad
+from ratebp_jax.ratebp import batch_moments, lif_rate_stats, rate_grad, rate_moments
+
+__all__ = [
+    "RESETS", "SURROGATES", "LIFParams", "lif_scan", "lif_step", "spike_fn", "surrogate_grad",
+    "batch_moments", "lif_rate_stats", "rate_grad", "rate_moments",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,166 @@
+"""The rate-based gradient (SPEC §3.1–3.2) as pure functions.
+
+A training step runs a spike pass without gradients, which records per LIF
+layer the firing rate r and the eligibility e, and per BatchNorm layer the
+statistics of its input; then a rate pass with gradients through a graph with
+no time axis, in which a LIF layer outputs r with derivative e
+(``rate_grad``) and a BatchNorm layer normalises with the recorded statistics
+while its gradient flows through the statistics of the rate input
+(``rate_moments``).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ratebp_jax.neuron import LIFParams, as_lif_params, check_time_major, reset_membrane, surrogate_grad
+
+
+class LIFTrace(NamedTuple):
+    """What a spike pass carries per LIF neuron from one step to the next.
+
+    v: membrane potential v_{t-1}.
+    kappa: λ·f_{t-1}·κ_{t-1}, so that κ_t = 1 + kappa (0 before the first step).
+    spike_sum: Σ s so far.      elig_sum: Σ κ·σ'(u − ϑ) so far.
+    """
+
+    v: jax.Array
+    kappa: jax.Array
+    spike_sum: jax.Array
+    elig_sum: jax.Array
+
+    @classmethod
+    def zeros_like(cls, x: jax.Array) -> "LIFTrace":
+        zero = jnp.zeros_like(x)
+        return cls(zero, zero, zero, zero)
+
+
+def _kappa_factor(u, s, sg, neuron: LIFParams):
+    """∂v_t/∂u_t along a uniform input shift, per reset variant (SPEC §3.1)."""
+    if neuron.reset == "soft":
+        return 1.0 if neuron.detach_reset else 1 - neuron.threshold * sg
+    if neuron.detach_reset:
+        return 1 - s
+    return (1 - s) - u * sg
+
+
+def lif_trace_step(trace: LIFTrace, x: jax.Array, neuron: LIFParams) -> tuple[LIFTrace, jax.Array]:
+    """One spike-pass step: (trace_{t-1}, x_t) -> (trace_t, s_t); no gradient.
+
+    κ_t = ∂u_t/∂c when every input is shifted by c, so Σ_t κ_t σ'(u_t − ϑ)
+    accumulates T times the derivative of the rate with respect to c.
+    """
+    x = jax.lax.stop_gradient(x)
+    u = neuron.decay * trace.v + x
+    z = u - neuron.threshold
+    s = (z >= 0).astype(x.dtype)
+    sg = surrogate_grad(z, neuron.surrogate, neuron.alpha)
+    kappa = 1 + trace.kappa
+    next_trace = LIFTrace(
+        v=reset_membrane(u, s, neuron),
+        kappa=neuron.decay * _kappa_factor(u, s, sg, neuron) * kappa,
+        spike_sum=trace.spike_sum + s,
+        elig_sum=trace.elig_sum + kappa * sg,
+    )
+    return next_trace, s
+
+
+def lif_spike_pass(x: jax.Array, neuron: LIFParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Spikes, rate and eligibility of a LIF population, in one scan; no gradient.
+
+    Args:
+      x: [T, ...] input currents.
+    Returns:
+      spikes [T, ...], rate [...] and eligibility [...], all of x's dtype.
+    """
+    check_time_major(x)
+    step = functools.partial(lif_trace_step, neuron=neuron)
+    trace, spikes = jax.lax.scan(step, LIFTrace.zeros_like(x[0]), x)
+    num_steps = x.shape[0]
+    return spikes, trace.spike_sum / num_steps, trace.elig_sum / num_steps
+
+
+def lif_rate_stats(x: jax.Array, neuron: LIFParams | None = None, **neuron_kwargs) -> tuple[jax.Array, jax.Array]:
+    """Rate r = mean_t s_t and eligibility e = mean_t κ_t σ'(u_t − ϑ) (SPEC §3.1).
+
+    Args:
+      x: [T, ...] input currents.
+      neuron: LIFParams, or its fields as keywords (as for lif_scan).
+    Returns:
+      (rate, elig), each of shape x.shape[1:] and x's dtype; no gradient.
+      elig is the surrogate derivative of rate with respect to a shift added
+      to every x_t.
+    """
+    _, rate, elig = lif_spike_pass(x, as_lif_params(neuron, **neuron_kwargs))
+    return rate, elig
+
+
+@jax.custom_vjp
+def rate_grad(x: jax.Array, rate: jax.Array, elig: jax.Array) -> jax.Array:
+    """The rate-pass LIF: value ``rate``, vector-Jacobian product g -> g · elig.
+
+    Args:
+      x: [B, ...] rate-pass input (time-mean of the currents).
+      rate, elig: [B, ...] recorded by the spike pass; they get no gradient.
+    Returns:
+      rate, with the derivative elig with respect to x.
+    """
+    del x, elig
+    return rate
+
+
+def _rate_grad_fwd(x, rate, elig):
+    return rate, elig
+
+
+def _rate_grad_bwd(elig, g):
+    return g * elig, jnp.zeros_like(elig), jnp.zeros_like(elig)
+
+
+rate_grad.defvjp(_rate_grad_fwd, _rate_grad_bwd)
+
+
+# --- BatchNorm statistics ---------------------------------------------------
+
+def _mean(x: jax.Array, axis_name: str | None) -> jax.Array:
+    """Mean over every axis but the last (channels), across devices if axis_name."""
+    m = jnp.mean(x, axis=tuple(range(x.ndim - 1)))
+    return m if axis_name is None else jax.lax.pmean(m, axis_name)
+
+
+def batch_moments(x: jax.Array, axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Per-channel mean and biased variance of x ([..., C]) over all other axes.
+
+    With axis_name the moments are those of the global batch (pmean over the
+    devices of equal local batches), as SyncBatchNorm computes them.
+    Returns ([C], [C]).
+    """
+    mean = _mean(x, axis_name)
+    return mean, _mean(jnp.square(x - mean), axis_name)
+
+
+def rate_moments(x: jax.Array, spike_mean: jax.Array, spike_var: jax.Array,
+                 axis_name: str | None = None) -> tuple[jax.Array, jax.Array]:
+    """Rate-pass BatchNorm statistics (SPEC §3.2).
+
+    Values are the spike pass's (μ_s, σ²_s); gradients flow through the batch
+    statistics of the rate input x ([..., C]):
+        μ  = μ_s + m − sg(m),            m = mean(x)
+        σ² = relu(σ²_s + q − sg(q)),     q = mean((x − μ)²)
+    Returns ([C], [C]).
+    """
+    m = _mean(x, axis_name)
+    mean = spike_mean + m - jax.lax.stop_gradient(m)
+    q = _mean(jnp.square(x - mean), axis_name)
+    var = jax.nn.relu(spike_var + q - jax.lax.stop_gradient(q))
+    return mean, var
+
+
+def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, bias: jax.Array,
+              epsilon: float) -> jax.Array:
+    """γ (x − μ) / sqrt(σ² + ε) + β over the last axis."""
+    return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
