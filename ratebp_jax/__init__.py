@@ -16,3 +16,8 @@ __all__ = [
     "batch_moments", "lif_rate_stats", "rate_grad", "rate_moments",
 ]
 __version__ = "0.1.0"
+
+from ratebp_jax import models  # noqa: E402
+from ratebp_jax.methods import METHODS, compute_grads, evaluate, run_method  # noqa: E402
+
+__all__ += ["models", "METHODS", "compute_grads", "evaluate", "run_method"]

@@ -1,0 +1,132 @@
+"""LIF and BatchNorm modules that know which pass they are in.
+
+A model is written once and called with a ``mode``:
+
+  multi-step, on time-major tensors [T, B, ...]:
+    "bptt"   surrogate-gradient LIF scan; BatchNorm on the statistics over T·B
+    "spike"  the rate method's spike pass: as "bptt", and every layer records
+             what the rate pass needs in the collection RECORD
+    "eval"   LIF scan; BatchNorm on its running statistics
+  one time step, on tensors [B, ...], the membrane carried in MEMBRANE:
+    "bptt_step"   one LIF step; BatchNorm on the statistics over B
+    "spike_step"  as "bptt_step", and every layer adds its step's share to
+                  RECORD (sums over t; the caller divides them by T)
+  no time axis, on the time-mean input [B, ...]:
+    "rate"   LIF outputs the recorded rate with derivative elig; BatchNorm
+             normalises with the recorded statistics (SPEC §3.2)
+
+Running BatchNorm statistics are updated by every mode with batch statistics
+("bptt", "spike" and the step modes), never by "rate" or "eval".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from ratebp_jax import neuron as neuron_lib
+from ratebp_jax import ratebp
+
+MULTI_STEP_MODES = ("bptt", "spike", "eval")
+STEP_MODES = ("bptt_step", "spike_step")
+MODES = MULTI_STEP_MODES + STEP_MODES + ("rate",)
+RECORD = "spike_record"  # per layer: rate/elig (LIF), mean/inv_var (BatchNorm)
+MEMBRANE = "membrane"    # per LIF layer: the state carried between time steps
+
+
+def check_mode(mode: str) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+class LIF(nn.Module):
+    """A LIF population (SPEC §1) in any mode; input and output of one shape."""
+
+    neuron: neuron_lib.LIFParams = neuron_lib.LIFParams()
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        check_mode(mode)
+        if mode in ("bptt", "eval"):
+            return neuron_lib.lif_scan(x, self.neuron)
+        if mode == "spike":
+            spikes, rate, elig = ratebp.lif_spike_pass(x, self.neuron)
+            self.put_variable(RECORD, "rate", rate)
+            self.put_variable(RECORD, "elig", elig)
+            return spikes
+        if mode == "rate":
+            return ratebp.rate_grad(x, self.get_variable(RECORD, "rate"), self.get_variable(RECORD, "elig"))
+        if mode == "bptt_step":
+            v = self.variable(MEMBRANE, "v", jnp.zeros_like, x)
+            v.value, spikes = neuron_lib.lif_step(v.value, x, self.neuron)
+            return spikes
+        # spike_step: the trace's sums go to RECORD, its carried state to MEMBRANE.
+        state = {name: self.variable(MEMBRANE, name, jnp.zeros_like, x) for name in ("v", "kappa")}
+        sums = {name: self.variable(RECORD, name, jnp.zeros_like, x) for name in ("rate", "elig")}
+        trace = ratebp.LIFTrace(state["v"].value, state["kappa"].value, sums["rate"].value, sums["elig"].value)
+        trace, spikes = ratebp.lif_trace_step(trace, x, self.neuron)
+        state["v"].value, state["kappa"].value = trace.v, trace.kappa
+        sums["rate"].value, sums["elig"].value = trace.spike_sum, trace.elig_sum
+        return spikes
+
+
+class BatchNorm(nn.Module):
+    """BatchNorm over the last axis in any mode (PyTorch semantics, SPEC §3).
+
+    Running statistics follow PyTorch's BatchNorm2d: momentum 0.1 (Flax's
+    0.9), epsilon 1e-5, the running variance updated with the unbiased batch
+    variance, and a counter of updates (PyTorch's ``num_batches_tracked``).
+    With ``axis_name`` every statistic is a mean over the devices of that
+    axis (SyncBatchNorm). Statistics are computed in at least float32.
+    """
+
+    momentum: float = 0.9
+    epsilon: float = 1e-5
+    axis_name: str | None = None
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        check_mode(mode)
+        features = x.shape[-1]
+        stats_dtype = jnp.promote_types(self.param_dtype, jnp.float32)
+        scale = self.param("scale", nn.initializers.ones, (features,), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (features,), self.param_dtype)
+        running_mean = self.variable("batch_stats", "mean", jnp.zeros, (features,), stats_dtype)
+        running_var = self.variable("batch_stats", "var", jnp.ones, (features,), stats_dtype)
+        num_updates = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
+        x_stats = x.astype(jnp.promote_types(x.dtype, stats_dtype))
+
+        if mode == "eval":
+            mean, var = running_mean.value, running_var.value
+        elif mode == "rate":
+            spike_var = 1 / self.get_variable(RECORD, "inv_var") - self.epsilon
+            mean, var = ratebp.rate_moments(x_stats, self.get_variable(RECORD, "mean"), spike_var, self.axis_name)
+        else:
+            mean, var = ratebp.batch_moments(x_stats, self.axis_name)
+            if not self.is_initializing():
+                self._update_running_stats(x, mean, var, running_mean, running_var, num_updates)
+            if mode == "spike":
+                self.put_variable(RECORD, "mean", mean)
+                self.put_variable(RECORD, "inv_var", 1 / (var + self.epsilon))
+            elif mode == "spike_step":
+                sums = {name: self.variable(RECORD, name, jnp.zeros_like, mean) for name in ("mean", "inv_var")}
+                sums["mean"].value += mean
+                sums["inv_var"].value += 1 / (var + self.epsilon)
+        y = ratebp.normalize(x_stats, mean, var, scale, bias, self.epsilon)
+        return y.astype(self.dtype or x.dtype)
+
+    def _update_running_stats(self, x, mean, var, running_mean, running_var, num_updates):
+        batch_mean, batch_var = jax.lax.stop_gradient((mean, var))
+        count = x.size // x.shape[-1]
+        if self.axis_name is not None:
+            count *= jax.lax.axis_size(self.axis_name)
+        unbiased_var = batch_var * (count / max(count - 1, 1))
+        m = self.momentum
+        running_mean.value = m * running_mean.value + (1 - m) * batch_mean
+        running_var.value = m * running_var.value + (1 - m) * unbiased_var
+        num_updates.value += 1

@@ -1,0 +1,119 @@
+"""Building blocks shared by the model zoo: layer factories, PyTorch-equivalent
+initialisers and pooling over the last three axes ([..., H, W, C]).
+
+Every model takes tensors with any number of leading axes ([T, B, H, W, C] in
+multi-step modes, [B, H, W, C] otherwise) and passes ``mode`` to its LIF and
+BatchNorm layers (see ratebp_jax.layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ratebp_jax.layers import LIF, BatchNorm
+from ratebp_jax.neuron import LIFParams
+
+Initializer = Callable[..., jax.Array]
+
+# PyTorch's default for Conv2d/Linear weights, kaiming_uniform(a=√5): U(±1/√fan_in).
+torch_default_kernel = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+# nn.init.kaiming_normal_(mode="fan_out", nonlinearity="relu"): N(0, 2/fan_out), untruncated.
+kaiming_normal_fan_out = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+
+def torch_default_bias(fan_in: int) -> Initializer:
+    """PyTorch's default bias of Conv2d/Linear: U(±1/√fan_in)."""
+    bound = 1 / math.sqrt(fan_in)
+    return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+@dataclasses.dataclass(frozen=True)
+class Layers:
+    """How a model builds its layers: neuron settings, device axis and dtypes.
+
+    dtype is the compute dtype; param_dtype the dtype of parameters and
+    running statistics (float32, or float64 for exact comparisons).
+    """
+
+    neuron: LIFParams = LIFParams()
+    axis_name: str | None = None
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    def lif(self, name: str) -> LIF:
+        return LIF(self.neuron, name=name)
+
+    def bn(self, name: str) -> BatchNorm:
+        return BatchNorm(axis_name=self.axis_name, dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    def conv(self, features: int, kernel: int, *, in_features: int, stride: int = 1, padding: int | None = None,
+             use_bias: bool, kernel_init: Initializer = torch_default_kernel,
+             bias_init: Initializer | None = None, name: str) -> nn.Conv:
+        """A kernel×kernel conv with PyTorch's padding (kernel // 2 by default) and initialisation."""
+        pad = kernel // 2 if padding is None else padding
+        return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                       use_bias=use_bias, kernel_init=kernel_init,
+                       bias_init=bias_init or torch_default_bias(in_features * kernel * kernel),
+                       dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+    def dense(self, features: int, *, in_features: int, kernel_init: Initializer = torch_default_kernel,
+              bias_init: Initializer | None = None, name: str) -> nn.Dense:
+        """A linear layer with PyTorch's default initialisation unless told otherwise."""
+        return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init or torch_default_bias(in_features),
+                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+
+
+def check_channels(x: jax.Array, in_channels: int) -> None:
+    """Raises ValueError unless x ([..., C]) has in_channels channels."""
+    if x.shape[-1] != in_channels:
+        raise ValueError(f"images have {x.shape[-1]} channels but the model was created with "
+                         f"in_channels={in_channels} (input shape {x.shape})")
+
+
+def _pool(x: jax.Array, init, op, window: int, stride: int, padding: int) -> jax.Array:
+    """reduce_window over the H and W axes of [..., H, W, C] (a NumPy init keeps it differentiable)."""
+    lead = (1,) * (x.ndim - 3)
+    pads = ((0, 0),) * (x.ndim - 3) + ((padding, padding), (padding, padding), (0, 0))
+    return jax.lax.reduce_window(x, init, op, lead + (window, window, 1), lead + (stride, stride, 1), pads)
+
+
+def avg_pool(x: jax.Array, window: int = 2) -> jax.Array:
+    """PyTorch AvgPool2d(window, stride=window) on [..., H, W, C]."""
+    return _pool(x, np.array(0, x.dtype), jax.lax.add, window, window, 0) / (window * window)
+
+
+def max_pool(x: jax.Array, window: int = 3, stride: int = 2, padding: int = 1) -> jax.Array:
+    """PyTorch MaxPool2d(window, stride, padding) on [..., H, W, C] (pads with -inf)."""
+    return _pool(x, np.array(-np.inf, x.dtype), jax.lax.max, window, stride, padding)
+
+
+def global_avg_pool(x: jax.Array) -> jax.Array:
+    """[..., H, W, C] -> [..., C]."""
+    return jnp.mean(x, axis=(-3, -2))
+
+
+def adaptive_avg_pool(x: jax.Array, size: int) -> jax.Array:
+    """PyTorch AdaptiveAvgPool2d((size, size)) on [..., H, W, C] -> [..., size, size, C].
+
+    Output cell i averages input rows (and columns) floor(i·n/size) to
+    ceil((i+1)·n/size) − 1; cells overlap when size does not divide n.
+    """
+    def cells(n):
+        return [(i * n // size, -(-(i + 1) * n // size)) for i in range(size)]
+
+    rows = [jnp.mean(x[..., a:b, :, :], axis=-3) for a, b in cells(x.shape[-3])]
+    x = jnp.stack(rows, axis=-3)
+    cols = [jnp.mean(x[..., a:b, :], axis=-2) for a, b in cells(x.shape[-2])]
+    return jnp.stack(cols, axis=-2)
+
+
+def flatten(x: jax.Array) -> jax.Array:
+    """[..., H, W, C] -> [..., H·W·C] in NHWC order (PyTorch flattens C·H·W)."""
+    return x.reshape(x.shape[:-3] + (-1,))

@@ -1,0 +1,156 @@
+"""The four training methods: SPEC oracles 1 and 2, agreement with a hand-written
+BPTT, and checks of inputs and names."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import ratebp_jax as rbp
+from ratebp_jax import layers, models
+
+ALL_MODELS = models.NAMES
+STATIC_MODELS = [n for n in ALL_MODELS if n not in ("sew_resnet34", "preact_resnet34")]  # oracle 2 holds
+
+
+def small_shape(name):
+    """Inputs small enough for fast tests; the ImageNet models on 32×32 (SPEC allows it)."""
+    h, w, c = models.INPUT_SHAPES[name]
+    return (min(h, 32), min(w, 32), c) if name != "digits_vgg" else (h, w, c)
+
+
+def setup(name, dtype=jnp.float64, batch=3, seed=0):
+    shape = small_shape(name)
+    model = models.create(name, num_classes=10, in_channels=shape[-1], dtype=dtype)
+    images = jax.random.uniform(jax.random.key(seed + 1), (batch,) + shape, dtype)
+    labels = jnp.arange(batch) % 10
+    variables = models.init(model, jax.random.key(seed), images, timesteps=1)
+    return model, variables, images, labels
+
+
+@functools.partial(jax.jit, static_argnames=("model", "method", "timesteps"))
+def step(model, method, variables, images, labels, timesteps):
+    return rbp.run_method(method, model, variables, images, labels, timesteps=timesteps)
+
+
+def relative_error(a, b):
+    a, b = jax.tree.leaves(a), jax.tree.leaves(b)
+    num = sum(float(jnp.sum(jnp.square(x - y))) for x, y in zip(a, b))
+    return np.sqrt(num / sum(float(jnp.sum(jnp.square(y))) for y in b))
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_oracle1_rate_equals_bptt_at_one_timestep(name):
+    """SPEC oracle 1, float64: at T = 1, rate_m == bptt_m and rate_s == bptt_s."""
+    model, variables, images, labels = setup(name)
+    for rate, bptt in (("rate_m", "bptt_m"), ("rate_s", "bptt_s")):
+        r = step(model, rate, variables, images, labels, 1)
+        b = step(model, bptt, variables, images, labels, 1)
+        assert relative_error(r.grads, b.grads) <= 1e-8, (rate, bptt)
+        assert relative_error(r.batch_stats, b.batch_stats) <= 1e-12
+        np.testing.assert_allclose(r.loss, b.loss, rtol=1e-12)
+        assert float(optax.global_norm(b.grads)) > 0
+
+
+def spike_and_rate_logits(model, variables, images, timesteps):
+    """(time-mean spike-pass logits, rate-pass logits), both [B, classes]."""
+    x = jnp.broadcast_to(images, (timesteps,) + images.shape)
+    spike_logits, state = model.apply(variables, x, mode="spike", mutable=["batch_stats", layers.RECORD])
+    rate_variables = {**variables, layers.RECORD: state[layers.RECORD]}
+    return spike_logits.mean(axis=0), model.apply(rate_variables, images, mode="rate")
+
+
+@pytest.mark.parametrize("name", STATIC_MODELS)
+def test_oracle2_rate_pass_is_the_time_mean_of_the_spike_pass(name):
+    """SPEC oracle 2, float64, T = 4: rate-pass logits == mean_t spike-pass logits."""
+    model, variables, images, _ = setup(name, batch=4)
+    spike_logits, rate_logits = jax.jit(spike_and_rate_logits, static_argnums=(0, 3))(model, variables, images, 4)
+    np.testing.assert_allclose(rate_logits, spike_logits, rtol=1e-10, atol=1e-10 * float(jnp.abs(spike_logits).max()))
+    assert float(jnp.std(spike_logits)) > 0
+
+
+# --- BPTT against a hand-written network ------------------------------------------
+
+def hand_written_digits_vgg(params, stats, x, per_step):
+    """digits_vgg written out with lax.conv and lif_scan; x: [T, B, 8, 8, 1].
+
+    per_step=False: BatchNorm statistics over T·B (multi-step BPTT);
+    per_step=True: over B at each t, running statistics updated T times
+    (single-step BPTT: the network is causal, so computing it layer by layer
+    over the whole sequence gives what step-by-step application gives).
+    Returns (time-mean logits [B, 10], new running statistics).
+    """
+    new_stats = {}
+
+    def conv(p, h):
+        out = jax.lax.conv_general_dilated(h.reshape((-1,) + h.shape[2:]), p["kernel"], (1, 1), ((1, 1), (1, 1)),
+                                           dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return (out + p["bias"]).reshape(h.shape[:2] + out.shape[1:])
+
+    def batch_norm(name, h):
+        axes = (1, 2, 3) if per_step else (0, 1, 2, 3)
+        mean, var = h.mean(axis=axes, keepdims=True), h.var(axis=axes, keepdims=True)
+        n = h.size // h.shape[-1] // (h.shape[0] if per_step else 1)
+        running_mean, running_var = stats[name]["mean"], stats[name]["var"]
+        for m, v in zip(mean.reshape(-1, h.shape[-1]), var.reshape(-1, h.shape[-1])):
+            running_mean = 0.9 * running_mean + 0.1 * m
+            running_var = 0.9 * running_var + 0.1 * v * n / (n - 1)
+        new_stats[name] = {"mean": running_mean, "var": running_var,
+                           "count": stats[name]["count"] + mean.reshape(-1, h.shape[-1]).shape[0]}
+        return (h - mean) / jnp.sqrt(var + 1e-5) * params[name]["scale"] + params[name]["bias"]
+
+    def cbl(i, h):
+        return rbp.lif_scan(batch_norm(f"bn{i}", conv(params[f"conv{i}"], h)))
+
+    h = cbl(1, cbl(0, x))
+    h = h.reshape(h.shape[:2] + (4, 2, 4, 2, h.shape[-1])).mean(axis=(3, 5))  # 2×2 average pool
+    h = cbl(2, h).mean(axis=(2, 3))
+    logits = h @ params["classifier"]["kernel"] + params["classifier"]["bias"]
+    return logits.mean(axis=0), new_stats
+
+
+@pytest.mark.parametrize("method", ["bptt_m", "bptt_s"])
+def test_bptt_matches_a_hand_written_network(method):
+    model, variables, images, labels = setup("digits_vgg", batch=6)
+    sequence = jax.random.uniform(jax.random.key(7), (6, 3) + images.shape[1:], jnp.float64) * 2
+
+    def hand_loss(params):
+        logits, stats = hand_written_digits_vgg(params, variables["batch_stats"], jnp.moveaxis(sequence, 1, 0),
+                                                per_step=method == "bptt_s")
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(), stats
+
+    (loss, stats), grads = jax.value_and_grad(hand_loss, has_aux=True)(variables["params"])
+    out = step(model, method, variables, sequence, labels, 3)
+    np.testing.assert_allclose(out.loss, loss, rtol=1e-12)
+    assert relative_error(out.grads, grads) <= 1e-10
+    assert relative_error(out.batch_stats, stats) <= 1e-12
+
+
+# --- every model and method runs; bad arguments are named ----------------------------
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_every_model_and_method_runs_in_float32(name):
+    model, variables, images, labels = setup(name, dtype=jnp.float32, batch=2)
+    sequence = jnp.stack([images, 1 - images], axis=1)  # [B, T=2, H, W, C]
+    for method in rbp.METHODS:
+        for batch in (images, sequence):
+            out = step(model, method, variables, batch, labels, 2)
+            assert out.logits.shape == (2, 10) and np.isfinite(float(out.loss))
+            assert jax.tree.structure(out.grads) == jax.tree.structure(variables["params"])
+            assert all(g.dtype == jnp.float32 and np.all(np.isfinite(g)) for g in jax.tree.leaves(out.grads))
+
+
+def test_bad_arguments_name_the_argument():
+    model, variables, images, labels = setup("digits_vgg", dtype=jnp.float32, batch=2)
+    with pytest.raises(ValueError, match="method must be one of"):
+        rbp.compute_grads("rate", model, variables, images, labels, timesteps=2)
+    with pytest.raises(ValueError, match="timesteps"):
+        rbp.compute_grads("rate_m", model, variables, images, labels, timesteps=0)
+    sequence = jnp.stack([images] * 3, axis=1)
+    with pytest.raises(ValueError, match="images is a sequence of 3 steps"):
+        rbp.compute_grads("bptt_s", model, variables, sequence, labels, timesteps=4)
+    with pytest.raises(ValueError, match="images must be"):
+        rbp.compute_grads("bptt_m", model, variables, images[0], labels, timesteps=2)
