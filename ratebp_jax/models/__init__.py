@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from ratebp_jax import inputs
 from ratebp_jax.models.common import Layers
 from ratebp_jax.models.imagenet_resnet import preact_resnet34, sew_resnet34
+from ratebp_jax.models.reference import export_reference_weights, load_reference_weights
 from ratebp_jax.models.resnet import resnet18, resnet19
 from ratebp_jax.models.vgg import vgg
 from ratebp_jax.neuron import LIFParams
