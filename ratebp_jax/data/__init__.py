@@ -1,0 +1,73 @@
+"""Input pipelines: TFDS + tf.data, yielding NumPy batches for JAX.
+
+    import ratebp_jax.data as data     # registers the "sklearn_digits" TFDS builder
+    split = data.make_split("cifar10", train=True, batch_size=128, seed=0)
+    for batch in split.epoch(epoch):   # {"image" float32 [B, H, W, C], "label" int32 [B],
+        ...                            #  "mask" float32 [B]}
+
+See ``pipeline`` for determinism (same (seed, epoch) -> same batches;
+``start_step`` resumes mid-epoch) and per-process sharding, and the dataset
+modules (``digits``, ``cifar``, ``imagenet``) for their preprocessing.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from ratebp_jax.data import cifar, digits, imagenet
+from ratebp_jax.data.pipeline import DataNotFoundError, Split, hide_gpus_from_tensorflow
+
+_SPLIT_MAKERS = {
+    "digits": digits.make_split,
+    "cifar10": functools.partial(cifar.make_split, "cifar10"),
+    "cifar100": functools.partial(cifar.make_split, "cifar100"),
+    "imagenet2012": imagenet.make_split,
+}
+DATASETS = tuple(_SPLIT_MAKERS)
+
+__all__ = ["DATASETS", "DataNotFoundError", "Split", "make_split"]
+
+
+def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
+               data_dir: str | None = None, manual_dir: str | None = None,
+               augment: bool = True, process_index: int | None = None,
+               process_count: int | None = None) -> Split:
+    """One process's train or eval split of dataset ``name``.
+
+    Args:
+      name: one of DATASETS.
+      train: True: the training split, shuffled by (seed, epoch), augmented
+        (if ``augment``), remainder dropped. False: the test/validation split
+        in fixed order, last batch padded (mask 0).
+      batch_size: this process's batch size (global batch / process count).
+      seed: shuffling and augmentation seed.
+      data_dir: TFDS data directory (None: TFDS default, $TFDS_DATA_DIR or
+        ~/tensorflow_datasets). Datasets not there are prepared if possible.
+      manual_dir: where manually downloaded archives are (imagenet2012);
+        default DATA_DIR/downloads/manual.
+      augment: apply the training augmentation (train only).
+      process_index, process_count: this process's shard; default
+        jax.process_index() / jax.process_count().
+
+    Returns:
+      A Split; ``split.epoch(e, start_step=0)`` yields the batches.
+
+    Raises:
+      ValueError: unknown dataset, batch_size < 1, bad process index.
+      DataNotFoundError: data missing and not preparable here; the message
+        names the directory searched and how to prepare the data.
+    """
+    if name not in _SPLIT_MAKERS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if process_index is None or process_count is None:
+        import jax  # only for the default process topology
+
+        process_index = jax.process_index() if process_index is None else process_index
+        process_count = jax.process_count() if process_count is None else process_count
+    hide_gpus_from_tensorflow()
+    return _SPLIT_MAKERS[name](
+        train=train, batch_size=batch_size, seed=seed, data_dir=data_dir,
+        manual_dir=manual_dir, augment=augment, process_index=process_index,
+        process_count=process_count)

@@ -1,0 +1,149 @@
+"""The split/epoch/batch/shard machinery (ratebp_jax.data.pipeline) through
+make_split on the embedded digits dataset, and the errors of make_split."""
+
+import numpy as np
+import pytest
+
+import ratebp_jax.data as data
+from ratebp_jax.data import digits
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    """A TFDS data_dir with sklearn_digits built (shared by the modules of one session)."""
+    directory = str(tmp_path_factory.getbasetemp() / "tfds")
+    data.make_split("digits", train=False, batch_size=360, data_dir=directory, process_index=0, process_count=1)
+    return directory
+
+
+def _split(data_dir, *, train=True, batch_size=64, seed=0, augment=True, process_index=0, process_count=1):
+    return data.make_split("digits", train=train, batch_size=batch_size, seed=seed, data_dir=data_dir,
+                           augment=augment, process_index=process_index, process_count=process_count)
+
+
+def _assert_same_batches(first, second):
+    assert len(first) == len(second)
+    for a, b in zip(first, second):
+        assert a.keys() == b.keys() == {"image", "label", "mask"}
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+
+
+def _raw_pixels(normalised: np.ndarray) -> np.ndarray:
+    """Undoes the digits normalisation: the integer pixel values 0..16."""
+    return np.round((normalised * digits.DIGITS_STD + digits.DIGITS_MEAN) * 16.0).astype(np.uint8)
+
+
+def _real_rows(batches) -> list:
+    """(raw image bytes, label) of every mask-1 row, as a sorted multiset."""
+    rows = []
+    for batch in batches:
+        keep = batch["mask"] == 1.0
+        images = _raw_pixels(batch["image"][keep])
+        rows += zip((image.tobytes() for image in images), batch["label"][keep].tolist())
+    return sorted(rows)
+
+
+def test_train_batches_have_the_contract_shapes_and_drop_the_remainder(data_dir):
+    split = _split(data_dir)
+    assert (split.num_examples, split.steps_per_epoch) == (1437, 1437 // 64)
+    batches = list(split.epoch(0))
+    assert len(batches) == 22
+    for batch in batches:
+        assert batch["image"].dtype == np.float32 and batch["image"].shape == (64, 8, 8, 1)
+        assert batch["label"].dtype == np.int32 and batch["label"].shape == (64,)
+        assert batch["mask"].dtype == np.float32 and np.all(batch["mask"] == 1.0)
+
+
+def test_same_seed_and_epoch_give_identical_batches_in_a_fresh_split(data_dir):
+    _assert_same_batches(list(_split(data_dir, seed=5).epoch(3)), list(_split(data_dir, seed=5).epoch(3)))
+
+
+def test_epoch_and_seed_change_the_order(data_dir):
+    def labels(seed, epoch):  # 1437 = 3 · 479: every example in every epoch
+        split = _split(data_dir, seed=seed, augment=False, batch_size=479)
+        return np.concatenate([batch["label"] for batch in split.epoch(epoch)])
+
+    reference = labels(0, 0)
+    for other in (labels(0, 1), labels(1, 0)):
+        assert not np.array_equal(reference, other)
+        np.testing.assert_array_equal(np.bincount(reference), np.bincount(other))  # same examples
+
+
+def test_start_step_equals_skipping_the_first_steps(data_dir):
+    split = _split(data_dir, seed=2)
+    full = list(split.epoch(4))
+    _assert_same_batches(list(split.epoch(4, start_step=15)), full[15:])
+    assert list(split.epoch(4, start_step=split.steps_per_epoch)) == []
+    with pytest.raises(ValueError, match="start_step"):
+        next(split.epoch(4, start_step=split.steps_per_epoch + 1))
+
+
+def test_eval_covers_every_test_example_once_and_pads_with_mask_zero(data_dir):
+    split = _split(data_dir, train=False, batch_size=64)
+    batches = list(split.epoch(0))
+    assert split.steps_per_epoch == len(batches) == 6  # ceil(360 / 64)
+    last = batches[-1]
+    assert last["mask"].sum() == 360 - 5 * 64
+    padding = last["mask"] == 0.0
+    assert np.all(last["image"][padding] == 0.0) and np.all(last["label"][padding] == 0)
+    raw_images, raw_labels, _ = digits.stratified_split()["test"]
+    expected = sorted(zip((image.tobytes() for image in raw_images), raw_labels.tolist()))
+    assert _real_rows(batches) == expected
+    _assert_same_batches(batches, list(split.epoch(7)))  # eval order does not depend on the epoch
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(data_dir):
+    full_eval = _real_rows(_split(data_dir, train=False).epoch(0))
+    shards = [_real_rows(_split(data_dir, train=False, process_index=i, process_count=2).epoch(0))
+              for i in range(2)]
+    assert sorted(shards[0] + shards[1]) == full_eval
+
+    raw_images, raw_labels, _ = digits.stratified_split()["train"]
+    full_train = sorted(zip((image.tobytes() for image in raw_images), raw_labels.tolist()))
+    train_shards = [_split(data_dir, augment=False, batch_size=359, process_index=i, process_count=2)
+                    for i in range(2)]
+    assert [s.num_examples for s in train_shards] == [718, 718]  # 1437 // 2, remainder dropped
+    union = sorted(_real_rows(train_shards[0].epoch(0)) + _real_rows(train_shards[1].epoch(0)))
+    remaining = list(full_train)
+    for row in union:  # multiset inclusion: no example in both shards
+        remaining.remove(row)
+    assert len(remaining) == 1
+
+
+def test_uneven_eval_shards_run_the_same_number_of_steps(data_dir):
+    # 360 examples over 7 processes: shards of 52 or 51; batch 51 needs 2 steps for 52.
+    shards = [_split(data_dir, train=False, batch_size=51, process_index=i, process_count=7) for i in range(7)]
+    assert sorted({s.num_examples for s in shards}) == [51, 52]
+    for shard in shards:
+        batches = list(shard.epoch(0))
+        assert shard.steps_per_epoch == len(batches) == 2
+        assert sum(b["mask"].sum() for b in batches) == shard.num_examples
+
+
+def test_make_split_rejects_bad_arguments(data_dir):
+    with pytest.raises(ValueError, match=r"dataset must be one of .*digits.*cifar10.*, got 'mnist'"):
+        data.make_split("mnist", train=True, batch_size=8)
+    with pytest.raises(ValueError, match="batch_size"):
+        data.make_split("digits", train=True, batch_size=0, data_dir=data_dir)
+    with pytest.raises(ValueError, match="exceeds the 718 training examples"):
+        _split(data_dir, batch_size=1000, process_index=1, process_count=2)
+    with pytest.raises(ValueError, match="process_index"):
+        _split(data_dir, process_index=2, process_count=2)
+
+
+def test_missing_cifar_raises_data_not_found_naming_the_directory(tmp_path, monkeypatch):
+    # Route downloads through a closed local port: offline on every machine,
+    # so the test never downloads and must fail fast, not after TFDS's retries.
+    for variable in ("https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(variable, "http://127.0.0.1:9")
+    for variable in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(variable, raising=False)
+    empty = tmp_path / "empty_tfds"
+    with pytest.raises(data.DataNotFoundError) as caught:
+        data.make_split("cifar10", train=True, batch_size=8, data_dir=str(empty),
+                        process_index=0, process_count=1)
+    assert isinstance(caught.value, FileNotFoundError)
+    message = str(caught.value)
+    assert "'cifar10'" in message and str(empty) in message and "tfds build cifar10" in message
+    assert "cannot reach 127.0.0.1:9" in message
