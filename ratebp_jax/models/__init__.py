@@ -70,11 +70,16 @@ def create(name: str, *, num_classes: int, in_channels: int = 3, dtype: Any = jn
     return _BUILDERS[name](num_classes, layers, in_channels)
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _init(model: nn.Module, rng: jax.Array, x: jax.Array) -> dict:
+    variables = model.init(rng, x, mode="eval")  # eval: no state, so the forward pass is compiled away
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+
+
 def init(model: nn.Module, rng: jax.Array, images: jax.Array, *, timesteps: int) -> dict:
     """{"params", "batch_stats"} for a batch like ``images`` ([B, H, W, C] or [B, T, H, W, C])."""
     inputs.check_inputs(images, timesteps)
-    variables = jax.jit(functools.partial(model.init, mode="bptt_step"))(rng, inputs.first_step(images))
-    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return _init(model, rng, inputs.first_step(images)[None, :1])
 
 
 def count_params(params: Any) -> int:

@@ -1,0 +1,64 @@
+"""The fields every training config has, each explained, and the variants.
+
+A config file calls ``base(...)`` with its recipe and returns it through
+``with_variant`` so that ``--config configs/FILE.py:smoke`` shrinks any
+recipe to a run of seconds (a couple of steps, tiny batches, T <= 2).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def neuron_config() -> ml_collections.ConfigDict:
+    """LIF settings (SPEC §1); the reference's defaults."""
+    return ml_collections.ConfigDict(dict(
+        decay=0.2,            # membrane decay λ (the reference stores logit(λ))
+        threshold=1.0,        # firing threshold ϑ
+        reset="soft",         # "soft" (v − ϑ) or "hard" (v = 0)
+        detach_reset=True,    # the spike in the reset term carries no gradient
+        surrogate="sigmoid",  # sigmoid | arctan | piecewise_quadratic | fast_sigmoid
+        alpha=4.0,            # surrogate sharpness
+    ))
+
+
+def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epochs: int, learning_rate: float,
+         weight_decay: float, method: str = "rate_m") -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.dataset = dataset            # digits | cifar10 | cifar100 | imagenet2012 | cifar10_dvs
+    config.data_dir = ""                # TFDS data dir ("" = TFDS's default, ~/tensorflow_datasets)
+    config.manual_dir = ""              # where manually downloaded archives are (imagenet2012, cifar10_dvs)
+    config.augment = True               # training-set augmentation of the recipe (SPEC §6)
+    config.model = model                # a name of ratebp_jax.models.NAMES
+    config.method = method              # bptt_m | bptt_s | rate_m | rate_s
+    config.timesteps = timesteps        # T, simulation steps per example
+    config.dtype = "float32"            # compute dtype: float32 | bfloat16 | float64
+    config.batch_size = batch_size      # global training batch, split over all devices
+    config.eval_batch_size = batch_size  # global evaluation batch
+    config.num_epochs = num_epochs      # length of the cosine schedule and of the run
+    config.max_steps = 0                # stop after this many steps (0 = no cap; for smoke runs)
+    config.max_eval_steps = 0           # evaluate on this many batches only (0 = the whole test split)
+    config.seed = 0                     # parameter init, data order and augmentation
+    config.optimizer = ml_collections.ConfigDict(dict(
+        name="sgd",                     # sgd | adam
+        learning_rate=learning_rate,    # peak learning rate, cosine-annealed to 0 per epoch
+        momentum=0.9,                   # SGD momentum (PyTorch semantics, no dampening); Adam's β1
+        weight_decay=weight_decay,      # L2 on conv/linear kernels only
+    ))
+    config.neuron = neuron_config()
+    config.checkpoint_every_epochs = 1  # also saved at the end and at a step cap
+    config.log_every_steps = 50         # progress line and TensorBoard scalars
+    return config
+
+
+def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
+    """"" (the recipe) or "smoke" (seconds: 2 steps, batch 8, T <= 2, 2 eval batches)."""
+    if variant == "":
+        return config
+    if variant != "smoke":
+        raise ValueError(f"config variant must be '' or 'smoke', got {variant!r}")
+    config.num_epochs, config.max_steps, config.max_eval_steps = 1, 2, 2
+    config.batch_size = config.eval_batch_size = 8
+    config.timesteps = min(config.timesteps, 2)
+    config.log_every_steps = 1
+    return config

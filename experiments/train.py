@@ -1,0 +1,46 @@
+"""Trains a model from a config file; rerunning the same command resumes.
+
+    python -m experiments.train --config configs/digits.py --workdir runs/digits \
+        [--config.method=bptt_m --config.timesteps=6 ...] [--distributed]
+
+WORKDIR receives checkpoints/ (Orbax), TensorBoard event files and
+results.json. A bad config value stops the run before anything is compiled,
+with one line naming the field. For several hosts, start the same command on
+each with --distributed (JAX's jax.distributed.initialize: automatic on TPU
+pods and SLURM, else set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
+JAX_PROCESS_ID).
+"""
+
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:smoke]).",
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.json.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (multi-host runs).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    from ratebp_jax import configuration, data, train
+
+    if _DISTRIBUTED.value:
+        jax.distributed.initialize()
+    try:
+        configuration.validate(_CONFIG.value, data.DATASETS)
+    except configuration.ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    print(f"done: test accuracy {results['test_accuracy']:.2f}% (best {results['best_test_accuracy']:.2f}%), "
+          f"{results['train_time_s']:.0f} s; results in {_WORKDIR.value}/results.json")
+
+
+if __name__ == "__main__":
+    app.run(main)

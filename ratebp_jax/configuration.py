@@ -1,0 +1,63 @@
+"""Early checks of a training config: one clear error naming the field and what it may be."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+
+from ratebp_jax import methods, models
+from ratebp_jax.neuron import LIFParams
+
+DTYPES = ("float32", "float64", "bfloat16")
+OPTIMIZERS = ("sgd", "adam")
+
+
+class ConfigError(ValueError):
+    """A config field holds a value the training system cannot use."""
+
+
+def _check(ok: bool, field: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{field}={value!r} is invalid: {allowed}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None) -> None:
+    """Raises ConfigError for the first invalid field of ``config`` (an ml_collections ConfigDict).
+
+    datasets: the dataset names the data package knows. device_count: the
+    global number of devices the batch is split over (default: all devices).
+    """
+    device_count = jax.device_count() if device_count is None else device_count
+    _check(config.dataset in datasets, "dataset", config.dataset, f"must be one of {datasets}")
+    _check(config.model in models.NAMES, "model", config.model, f"must be one of {models.NAMES}")
+    _check(config.method in methods.METHODS, "method", config.method, f"must be one of {methods.METHODS}")
+    _check(_is_int(config.timesteps) and config.timesteps >= 1, "timesteps", config.timesteps,
+           "must be an integer >= 1")
+    for field in ("batch_size", "eval_batch_size"):
+        value = config[field]
+        _check(_is_int(value) and value >= 1 and value % device_count == 0, field, value,
+               f"must be a positive multiple of the device count ({device_count})")
+    _check(_is_int(config.num_epochs) and config.num_epochs >= 1, "num_epochs", config.num_epochs,
+           "must be an integer >= 1")
+    for field in ("max_steps", "max_eval_steps"):
+        _check(_is_int(config[field]) and config[field] >= 0, field, config[field], "must be an integer >= 0 (0: no cap)")
+    _check(_is_int(config.checkpoint_every_epochs) and config.checkpoint_every_epochs >= 1,
+           "checkpoint_every_epochs", config.checkpoint_every_epochs, "must be an integer >= 1")
+    _check(config.dtype in DTYPES, "dtype", config.dtype, f"must be one of {DTYPES}")
+    opt = config.optimizer
+    _check(opt.name in OPTIMIZERS, "optimizer.name", opt.name, f"must be one of {OPTIMIZERS}")
+    _check(opt.learning_rate > 0, "optimizer.learning_rate", opt.learning_rate, "must be > 0")
+    _check(0 <= opt.momentum < 1, "optimizer.momentum", opt.momentum, "must lie in [0, 1)")
+    _check(opt.weight_decay >= 0, "optimizer.weight_decay", opt.weight_decay, "must be >= 0")
+    neuron_fields = {f.name for f in dataclasses.fields(LIFParams)}
+    _check(set(config.neuron) == neuron_fields, "neuron", sorted(config.neuron), f"must have the fields {sorted(neuron_fields)}")
+    try:
+        LIFParams(**config.neuron)
+    except ValueError as error:
+        raise ConfigError(f"config.neuron.{error}") from None

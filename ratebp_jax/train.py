@@ -1,0 +1,242 @@
+"""The training system: train state, pmapped train and eval steps, and the loop.
+
+    train_and_evaluate(config, workdir) -> results dict
+
+One step is ``methods.run_method`` on each device's share of the global batch,
+with gradients, metrics and (through the model's axis_name) every BatchNorm
+statistic averaged over the devices of the pmap axis "batch". The loop checks
+each step's loss (one step behind, so the devices never wait), evaluates and
+checkpoints at epoch ends, and resumes from the latest checkpoint when rerun.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import time
+from typing import Any
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metric_writers
+from flax.training import train_state
+
+from ratebp_jax import configuration, data, methods, models
+from ratebp_jax.checkpoint import Checkpoints
+
+AXIS = "batch"
+
+
+class TrainState(train_state.TrainState):
+    batch_stats: Any
+
+
+def learning_rate(config, steps_per_epoch: int):
+    """Cosine from optimizer.learning_rate to 0 over num_epochs, constant within an epoch
+    (PyTorch's CosineAnnealingLR stepped once per epoch, as in the reference)."""
+    base, epochs = config.optimizer.learning_rate, config.num_epochs
+
+    def schedule(step):
+        epoch = jnp.minimum(step // steps_per_epoch, epochs)
+        return base * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
+    return schedule
+
+
+def weight_decay_mask(params: Any) -> Any:
+    """True for conv and linear kernels, False for biases and BatchNorm parameters."""
+    return jax.tree_util.tree_map_with_path(lambda path, _: path[-1].key == "kernel", params)
+
+
+def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
+    """As the reference's PyTorch optimisers: the gradient plus wd·w on kernels only, then
+    SGD with momentum (no dampening) or Adam (momentum is its β1)."""
+    opt, lr = config.optimizer, learning_rate(config, steps_per_epoch)
+    update = optax.sgd(lr, momentum=opt.momentum or None) if opt.name == "sgd" else optax.adam(lr, b1=opt.momentum)
+    return optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=weight_decay_mask), update)
+
+
+def create_model(config, num_classes: int, in_channels: int, axis_name: str | None = AXIS):
+    """The config's model; with axis_name its BatchNorm averages statistics over that pmap axis."""
+    return models.create(config.model, num_classes=num_classes, in_channels=in_channels,
+                         dtype=jnp.dtype(config.dtype), axis_name=axis_name, **config.neuron)
+
+
+def create_train_state(config, model, images: np.ndarray, steps_per_epoch: int) -> TrainState:
+    """A fresh state; model: created without axis_name; images: [B, ...] like the training data."""
+    images = jnp.asarray(images[:1], jnp.dtype(config.dtype))
+    variables = models.init(model, jax.random.key(config.seed), images, timesteps=config.timesteps)
+    return TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats=variables["batch_stats"],
+                             tx=make_optimizer(config, steps_per_epoch))
+
+
+def train_step(state: TrainState, batch: dict, model, method: str, timesteps: int, dtype) -> tuple:
+    """One step on this device's batch {"image", "label"}; runs under pmap with axis "batch"."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    out = methods.run_method(method, model, variables, batch["image"].astype(dtype), batch["label"],
+                             timesteps=timesteps)
+    grads = jax.lax.pmean(out.grads, AXIS)
+    state = state.apply_gradients(grads=grads).replace(batch_stats=out.batch_stats)
+    accuracy = jnp.mean(jnp.argmax(out.logits, -1) == batch["label"])
+    metrics = jax.lax.pmean({"loss": out.loss, "accuracy": accuracy}, AXIS)
+    return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
+
+
+def eval_step(state: TrainState, batch: dict, model, timesteps: int, dtype) -> dict:
+    """Sums over all devices of correct top-1/top-5 predictions and of examples (mask)."""
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    logits = methods.evaluate(model, variables, batch["image"].astype(dtype), timesteps=timesteps)
+    top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
+    mask = batch["mask"]
+    sums = {"correct": jnp.sum((top5[:, 0] == batch["label"]) * mask),
+            "correct_top5": jnp.sum(jnp.any(top5 == batch["label"][:, None], axis=-1) * mask),
+            "count": jnp.sum(mask)}
+    return jax.lax.psum(sums, AXIS)
+
+
+# Module-level so that JAX's compilation cache serves every run in a process (a resumed
+# run, a notebook's second run); the arguments after the batch are static.
+p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4, 5), donate_argnums=(0,))
+p_eval_step = jax.pmap(eval_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4))
+
+
+def unreplicate(tree: Any) -> Any:
+    """The first device's copy of a pmapped (replicated) tree."""
+    return jax.tree.map(lambda x: x[0], tree)
+
+
+def shard(batch: dict) -> dict:
+    """[B, ...] -> [local devices, B / local devices, ...]."""
+    n = jax.local_device_count()
+    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
+
+
+def evaluate(state, split, model, timesteps: int, dtype, max_steps: int = 0) -> dict:
+    """Top-1 and top-5 accuracy (in %) over the eval split (or its first max_steps batches);
+    state is replicated over the local devices."""
+    totals = {"correct": 0.0, "correct_top5": 0.0, "count": 0.0}
+    for i, batch in enumerate(split.epoch(0)):
+        if max_steps and i >= max_steps:
+            break
+        sums = unreplicate(p_eval_step(state, shard(batch), model, timesteps, dtype))
+        totals = {k: totals[k] + float(sums[k]) for k in totals}
+    count = max(totals["count"], 1.0)
+    return {"accuracy": 100 * totals["correct"] / count, "accuracy_top5": 100 * totals["correct_top5"] / count}
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss or gradient became NaN or Inf.
+
+    Both are checked: a spiking network can hide NaN parameters behind a finite
+    loss, since NaN membrane potentials never cross the threshold (H(NaN) = 0).
+    """
+
+
+class ProgressLog:
+    """Checks each finished step's loss; every log_every_steps prints a progress line with an
+    ETA and writes the metrics (TensorBoard event files in the workdir)."""
+
+    def __init__(self, writer, config, total_steps: int, steps_per_epoch: int, workdir: str):
+        self.writer, self.config, self.workdir = writer, config, workdir
+        self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
+        self.start, self.steps_run = time.monotonic(), 0
+
+    def step_done(self, metrics, step: int, *, force: bool = False) -> None:
+        self.steps_run += 1
+        metrics = jax.tree.map(float, unreplicate(metrics))
+        for name in ("loss", "grad_norm"):
+            if not math.isfinite(metrics[name]):
+                raise NonFiniteLossError(
+                    f"{name} is {metrics[name]} at step {step}; training stopped. The last good checkpoint "
+                    f"is kept in {os.path.join(self.workdir, 'checkpoints', 'latest')}.")
+        if force or step % self.config.log_every_steps == 0:
+            self.writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
+            print(self._line(step, metrics), flush=True)
+
+    def _line(self, step: int, metrics: dict) -> str:
+        rate = self.steps_run / max(time.monotonic() - self.start, 1e-9)
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) / rate))
+        epoch = (step - 1) // self.steps_per_epoch + 1
+        return (f"epoch {epoch}/{self.config.num_epochs}  step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  "
+                f"train acc {100 * metrics['accuracy']:.1f}%  {rate:.2f} steps/s  ETA {eta}")
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+    """Trains config.model on config.dataset with config.method; returns (and writes) results.json."""
+    start = time.monotonic()
+    configuration.validate(config, data.DATASETS)
+    os.makedirs(workdir, exist_ok=True)
+    process_batch = config.batch_size // jax.process_count()
+    split_args = dict(seed=config.seed, data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+    train_split = data.make_split(config.dataset, train=True, batch_size=process_batch, augment=config.augment,
+                                  **split_args)
+    eval_split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size // jax.process_count(),
+                                 **split_args)
+    steps_per_epoch = train_split.steps_per_epoch
+    total_steps = config.num_epochs * steps_per_epoch
+    if config.max_steps:
+        total_steps = min(total_steps, config.max_steps)
+
+    num_classes, in_channels = train_split.num_classes, train_split.input_shape[-1]
+    model = create_model(config, num_classes, in_channels)
+    state = create_train_state(config, create_model(config, num_classes, in_channels, axis_name=None),
+                               np.zeros((1,) + tuple(train_split.input_shape), np.float32), steps_per_epoch)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    progress = {"epochs_done": 0, "steps_done": 0, "best_test_accuracy": 0.0, "test_accuracy": None,
+                "train_time_s": 0.0}
+    restored = checkpoints.restore_latest(state)
+    if restored is not None:
+        state, progress = restored
+        print(f"resuming from step {progress['steps_done']} (epoch {progress['epochs_done']}) in {workdir}")
+    previous_time = progress["train_time_s"]
+
+    dtype = jnp.dtype(config.dtype)
+    writer = metric_writers.SummaryWriter(workdir) if jax.process_index() == 0 else metric_writers.MultiWriter([])
+    state = flax.jax_utils.replicate(state)
+
+    log = ProgressLog(writer, config, total_steps, steps_per_epoch, workdir)
+    step = progress["steps_done"]
+    while step < total_steps:
+        epoch, start_step = divmod(step, steps_per_epoch)
+        pending = None  # the previous step's metrics, read once the next step is queued
+        for batch in train_split.epoch(epoch, start_step=start_step):
+            state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype)
+            if pending is not None:
+                log.step_done(*pending)
+            step += 1
+            pending = (metrics, step)
+            if step >= total_steps:
+                break
+        if pending is not None:
+            log.step_done(*pending, force=True)
+        epoch_done = step % steps_per_epoch == 0
+        eval_metrics = evaluate(state, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
+        writer.write_scalars(step, {f"test_{k}": v for k, v in eval_metrics.items()})
+        accuracy = eval_metrics["accuracy"]
+        is_best = accuracy > progress["best_test_accuracy"]
+        progress = {"epochs_done": step // steps_per_epoch, "steps_done": step, "test_accuracy": accuracy,
+                    "best_test_accuracy": max(accuracy, progress["best_test_accuracy"]),
+                    "train_time_s": previous_time + time.monotonic() - start}
+        print(f"epoch {step / steps_per_epoch:.2f}: test accuracy {accuracy:.2f}% "
+              f"(best {progress['best_test_accuracy']:.2f}%)")
+        last = step >= total_steps
+        if last or not epoch_done or progress["epochs_done"] % config.checkpoint_every_epochs == 0:
+            checkpoints.save(jax.device_get(unreplicate(state)), progress, is_best=is_best)
+    checkpoints.close()
+    writer.flush()
+
+    state = unreplicate(state)
+    results = {"method": config.method, "model": config.model, "dataset": config.dataset,
+               "timesteps": config.timesteps, "epochs_done": progress["epochs_done"],
+               "steps_done": progress["steps_done"], "test_accuracy": progress["test_accuracy"],
+               "best_test_accuracy": progress["best_test_accuracy"],
+               "params_l2": float(optax.tree.norm(state.params)), "train_time_s": progress["train_time_s"]}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "results.json"), "w") as f:
+            json.dump(results, f, indent=2)
+    return results
+

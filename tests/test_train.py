@@ -1,0 +1,161 @@
+"""The training system: pmapped step, resume, the CIFAR-10 config on mock data, config errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import flax.jax_utils
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import tensorflow_datasets as tfds
+
+from configs import cifar10_resnet18, common, digits
+from ratebp_jax import checkpoint, configuration, data, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_digits_config(**overrides):
+    config = digits.get_config()
+    config.update(dict(timesteps=2, batch_size=256, eval_batch_size=360, num_epochs=2, log_every_steps=1000))
+    config.update(overrides)
+    return config
+
+
+@pytest.mark.parametrize("method", ["rate_m", "bptt_m"])
+def test_pmapped_step_equals_single_device_step(method):
+    """4 devices × 2 examples == 1 device × 8 examples (float64, rel. error ≤ 1e-10)."""
+    config = tiny_digits_config(method=method, dtype="float64")
+    rng = np.random.default_rng(0)
+    batch = {"image": rng.normal(size=(8, 8, 8, 1)), "label": rng.integers(0, 10, 8).astype(np.int32)}
+    init_model = train.create_model(config, 10, 1, axis_name=None)
+    state = train.create_train_state(config, init_model, batch["image"], steps_per_epoch=10)
+    model = train.create_model(config, 10, 1)
+    results = []
+    for devices in (4, 1):
+        sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
+        replicated = flax.jax_utils.replicate(state, jax.local_devices()[:devices])
+        new_state, metrics = train.p_train_step(replicated, sharded, model, method, 2, jnp.dtype(jnp.float64))
+        results.append((train.unreplicate(new_state), train.unreplicate(metrics)))
+    (multi, multi_metrics), (single, single_metrics) = results
+    np.testing.assert_allclose(multi_metrics["loss"], single_metrics["loss"], rtol=1e-10)
+    for tree in ("params", "batch_stats"):
+        a, b = getattr(multi, tree), getattr(single, tree)
+        a, b = jax.device_get((a, b))
+        error = optax.tree.norm(jax.tree.map(np.subtract, a, b)) / optax.tree.norm(b)
+        assert error <= 1e-10, (tree, float(error))
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), single.params, state.params)
+    assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
+
+
+def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
+    config = tiny_digits_config()  # 5 steps per epoch, a checkpoint after each epoch
+    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
+
+    real_save, saves = checkpoint.Checkpoints.save, []
+
+    def save_then_interrupt(self, *args, **kwargs):
+        real_save(self, *args, **kwargs)
+        self.close()
+        saves.append(1)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.train_and_evaluate(config, str(tmp_path / "interrupted"))
+    monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
+    resumed = train.train_and_evaluate(config, str(tmp_path / "interrupted"))
+    assert saves == [1]
+    assert resumed["steps_done"] == uninterrupted["steps_done"] == 10
+    assert resumed["params_l2"] == pytest.approx(uninterrupted["params_l2"], rel=1e-6)
+    assert resumed["test_accuracy"] == pytest.approx(uninterrupted["test_accuracy"])
+    with open(tmp_path / "interrupted" / "results.json") as f:
+        written = json.load(f)
+    assert set(written) == {"method", "model", "dataset", "timesteps", "epochs_done", "steps_done", "test_accuracy",
+                            "best_test_accuracy", "params_l2", "train_time_s"}
+    assert written["epochs_done"] == 2 and written["train_time_s"] > 0
+
+
+def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
+    config = cifar10_resnet18.get_config("smoke")
+    config.data_dir = str(tmp_path / "tfds")
+    with tfds.testing.mock_data(num_examples=32):
+        first = train.train_and_evaluate(config, str(tmp_path / "run"))
+        assert first["steps_done"] == 2 and np.isfinite(first["params_l2"])
+        config.max_steps = 3
+        resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    assert resumed["steps_done"] == 3 and resumed["params_l2"] != first["params_l2"]
+
+
+def test_nan_loss_stops_with_the_step_named(tmp_path, monkeypatch):
+    real_shard, calls = train.shard, []
+
+    def shard_with_nan_at_step_3(batch):
+        calls.append(1)
+        if len(calls) == 3:
+            batch = {**batch, "image": batch["image"] * np.nan}
+        return real_shard(batch)
+
+    monkeypatch.setattr(train, "shard", shard_with_nan_at_step_3)
+    # NaN inputs give NaN gradients at step 3 while the loss stays finite: spikes hide NaN.
+    with pytest.raises(train.NonFiniteLossError, match=r"grad_norm is nan at step 3; training stopped"):
+        train.train_and_evaluate(tiny_digits_config(), str(tmp_path))
+    assert not os.path.exists(tmp_path / "results.json")
+
+
+def test_learning_rate_is_cosine_per_epoch_and_decay_skips_biases_and_batchnorm():
+    config = tiny_digits_config(num_epochs=4)
+    schedule = train.learning_rate(config, steps_per_epoch=10)
+    lrs = np.array([float(schedule(step)) for step in (0, 9, 10, 25, 39, 40)]) / config.optimizer.learning_rate
+    np.testing.assert_allclose(lrs, [1, 1, 0.5 * (1 + np.cos(np.pi / 4)), 0.5, 0.5 * (1 + np.cos(3 * np.pi / 4)), 0],
+                               atol=1e-7)
+    params = {"conv0": {"kernel": 1, "bias": 2}, "bn0": {"scale": 3, "bias": 4}, "classifier": {"kernel": 5, "bias": 6}}
+    assert train.weight_decay_mask(params) == {"conv0": {"kernel": True, "bias": False},
+                                               "bn0": {"scale": False, "bias": False},
+                                               "classifier": {"kernel": True, "bias": False}}
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("dataset", "mnist", "config.dataset='mnist' is invalid: must be one of"),
+    ("model", "resnet50", "config.model='resnet50' is invalid: must be one of"),
+    ("method", "ottt", "config.method='ottt' is invalid: must be one of ('bptt_m'"),
+    ("timesteps", 0, "config.timesteps=0 is invalid: must be an integer >= 1"),
+    ("batch_size", 6, "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
+    ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 is invalid: must be > 0"),
+    ("neuron.reset", "zero", "config.neuron.reset must be one of ('soft', 'hard')"),
+])
+def test_bad_config_values_are_named(field, value, message):
+    config = digits.get_config()
+    node, *path = [config] + field.split(".")
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(configuration.ConfigError) as error:
+        configuration.validate(config, data.DATASETS)
+    assert message in str(error.value)
+
+
+@pytest.mark.parametrize("flag,message", [
+    ("--config.method=rate", "config.method='rate' is invalid: must be one of ('bptt_m', 'bptt_s', 'rate_m', 'rate_s')"),
+    ("--config.batch_size=6", "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
+])
+def test_cli_rejects_bad_config_with_one_line(tmp_path, flag, message):
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/digits.py",
+                           "--workdir", str(tmp_path), flag], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 2
+    error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert error_lines == [f"error: {message}"]
+    assert not os.listdir(tmp_path)  # nothing was written, nothing compiled
+
+
+def test_smoke_variant_shrinks_any_config():
+    config = common.with_variant(cifar10_resnet18.get_config(), "smoke")
+    assert (config.max_steps, config.batch_size, config.timesteps) == (2, 8, 2)
+    with pytest.raises(ValueError, match="variant"):
+        cifar10_resnet18.get_config("tiny")
