@@ -2,7 +2,8 @@
 
 A config file calls ``base(...)`` with its recipe and returns it through
 ``with_variant`` so that ``--config configs/FILE.py:smoke`` shrinks any
-recipe to a run of seconds (a couple of steps, tiny batches, T <= 2).
+recipe to a run of seconds (a couple of steps, tiny batches, T <= 2). A config
+of a sequence dataset (cifar10_dvs) sets T back to its frame count afterwards.
 """
 
 from __future__ import annotations
@@ -52,7 +53,11 @@ def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epoch
 
 
 def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collections.ConfigDict:
-    """"" (the recipe) or "smoke" (seconds: 2 steps, batch 8, T <= 2, 2 eval batches)."""
+    """"" (the recipe) or "smoke" (seconds: 2 steps, batch 8, T <= 2, 2 eval batches).
+
+    T <= 2 suits static images only; a config whose dataset is a sequence
+    restores its frame count after this call (see cifar10_dvs_vggsnn.py).
+    """
     if variant == "":
         return config
     if variant != "smoke":

@@ -33,7 +33,7 @@ def main(argv):
     if _DISTRIBUTED.value:
         jax.distributed.initialize()
     try:
-        configuration.validate(_CONFIG.value, data.DATASETS)
+        configuration.validate(_CONFIG.value, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
     except configuration.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)

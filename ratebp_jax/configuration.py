@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Mapping
 
 import jax
 
@@ -27,11 +27,14 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None) -> None:
+def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None, *,
+             sequence_lengths: Mapping[str, int] | None = None) -> None:
     """Raises ConfigError for the first invalid field of ``config`` (an ml_collections ConfigDict).
 
     datasets: the dataset names the data package knows. device_count: the
     global number of devices the batch is split over (default: all devices).
+    sequence_lengths: dataset name -> frames per example for the datasets of
+    sequences (data.SEQUENCE_LENGTHS), whose timesteps must equal it.
     """
     device_count = jax.device_count() if device_count is None else device_count
     _check(config.dataset in datasets, "dataset", config.dataset, f"must be one of {datasets}")
@@ -39,6 +42,10 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
     _check(config.method in methods.METHODS, "method", config.method, f"must be one of {methods.METHODS}")
     _check(_is_int(config.timesteps) and config.timesteps >= 1, "timesteps", config.timesteps,
            "must be an integer >= 1")
+    frames = (sequence_lengths or {}).get(config.dataset)
+    _check(frames is None or config.timesteps == frames, "timesteps", config.timesteps,
+           f"dataset {config.dataset!r} is a sequence of {frames} frames per example, used as given; "
+           f"set timesteps={frames}")
     for field in ("batch_size", "eval_batch_size"):
         value = config[field]
         _check(_is_int(value) and value >= 1 and value % device_count == 0, field, value,

@@ -168,7 +168,7 @@ class ProgressLog:
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains config.model on config.dataset with config.method; returns (and writes) results.json."""
     start = time.monotonic()
-    configuration.validate(config, data.DATASETS)
+    configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
     os.makedirs(workdir, exist_ok=True)
     process_batch = config.batch_size // jax.process_count()
     split_args = dict(seed=config.seed, data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)

@@ -1,20 +1,26 @@
 """Input pipelines: TFDS + tf.data, yielding NumPy batches for JAX.
 
-    import ratebp_jax.data as data     # registers the "sklearn_digits" TFDS builder
+    import ratebp_jax.data as data     # registers the "sklearn_digits" and "cifar10_dvs" TFDS builders
     split = data.make_split("cifar10", train=True, batch_size=128, seed=0)
     for batch in split.epoch(epoch):   # {"image" float32 [B, H, W, C], "label" int32 [B],
         ...                            #  "mask" float32 [B]}
 
+Static-image datasets yield "image" [B, H, W, C] (repeated at every time
+step); the datasets of SEQUENCE_LENGTHS yield sequences [B, T, H, W, C] with a
+fixed T ("cifar10_dvs": [B, 10, 48, 48, 2] event frames), used as given, so a
+training config's ``timesteps`` must equal that T.
+
 See ``pipeline`` for determinism (same (seed, epoch) -> same batches;
 ``start_step`` resumes mid-epoch) and per-process sharding, and the dataset
-modules (``digits``, ``cifar``, ``imagenet``) for their preprocessing.
+modules (``digits``, ``cifar``, ``imagenet``, ``dvs`` with ``dvs_pipeline``)
+for their preprocessing.
 """
 
 from __future__ import annotations
 
 import functools
 
-from ratebp_jax.data import cifar, digits, imagenet
+from ratebp_jax.data import cifar, digits, dvs_pipeline, imagenet  # dvs_pipeline imports dvs: its builder
 from ratebp_jax.data.pipeline import DataNotFoundError, Split, hide_gpus_from_tensorflow
 
 _SPLIT_MAKERS = {
@@ -22,10 +28,13 @@ _SPLIT_MAKERS = {
     "cifar10": functools.partial(cifar.make_split, "cifar10"),
     "cifar100": functools.partial(cifar.make_split, "cifar100"),
     "imagenet2012": imagenet.make_split,
+    "cifar10_dvs": dvs_pipeline.make_split,
 }
 DATASETS = tuple(_SPLIT_MAKERS)
+# Datasets of sequences: name -> frames per example (T of "image" [B, T, H, W, C]).
+SEQUENCE_LENGTHS = {"cifar10_dvs": dvs_pipeline.SEQUENCE_LENGTH}
 
-__all__ = ["DATASETS", "DataNotFoundError", "Split", "make_split"]
+__all__ = ["DATASETS", "DataNotFoundError", "SEQUENCE_LENGTHS", "Split", "make_split"]
 
 
 def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
@@ -43,14 +52,15 @@ def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
       seed: shuffling and augmentation seed.
       data_dir: TFDS data directory (None: TFDS default, $TFDS_DATA_DIR or
         ~/tensorflow_datasets). Datasets not there are prepared if possible.
-      manual_dir: where manually downloaded archives are (imagenet2012);
-        default DATA_DIR/downloads/manual.
+      manual_dir: where manually downloaded archives are (imagenet2012,
+        cifar10_dvs); default DATA_DIR/downloads/manual.
       augment: apply the training augmentation (train only).
       process_index, process_count: this process's shard; default
         jax.process_index() / jax.process_count().
 
     Returns:
-      A Split; ``split.epoch(e, start_step=0)`` yields the batches.
+      A Split; ``split.epoch(e, start_step=0)`` yields the batches;
+      ``split.input_shape`` is (H, W, C), or (T, H, W, C) for a sequence.
 
     Raises:
       ValueError: unknown dataset, batch_size < 1, bad process index.
