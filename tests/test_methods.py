@@ -164,7 +164,11 @@ def test_bptt_matches_a_hand_written_network(method):
 
 @pytest.mark.parametrize("name", ALL_MODELS)
 def test_every_model_and_method_runs_in_float32(name):
-    model, variables, images, labels = setup(name, dtype=jnp.float32, batch=2)
+    """Finite float32 gradients. The ImageNet ResNets get 64×64 inputs: at 16×16 their
+    last stage is 1×1, and per-step BatchNorm over 2 values per channel makes
+    rate_s's gradient grow ~100× per block (a degenerate batch, not a bug)."""
+    shape = (64, 64, 3) if name in ("sew_resnet34", "preact_resnet34") else None
+    model, variables, images, labels = setup(name, dtype=jnp.float32, batch=2, shape=shape)
     for method in rbp.METHODS:
         out = step(model, method, variables, images, labels, 2)
         assert out.logits.shape == (2, 10) and np.isfinite(float(out.loss))
