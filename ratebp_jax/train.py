@@ -74,6 +74,29 @@ def create_train_state(config, model, images: np.ndarray, steps_per_epoch: int) 
                              tx=make_optimizer(config, steps_per_epoch))
 
 
+def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dict, data.Split]:
+    """(model, {"params", "batch_stats"}, test split) of the run of ``config`` in ``workdir``.
+
+    which: "best" (highest test accuracy) or "latest" checkpoint. The model has
+    no device axis, for analysis on one device; the split is this process's
+    test split at config.eval_batch_size.
+    Raises FileNotFoundError (naming the directory and the command to run) if
+    the run has no such checkpoint.
+    """
+    split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size, seed=config.seed,
+                            data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+    model = create_model(config, split.num_classes, split.input_shape[-1], axis_name=None)
+    state = create_train_state(config, model, np.zeros((1,) + tuple(split.input_shape), np.float32), 1)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    restored = {"best": checkpoints.restore_best, "latest": checkpoints.restore_latest}[which](state)
+    checkpoints.close()
+    if restored is None:
+        raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}; train first: "
+                                f"python -m experiments.train --config CONFIG --workdir {workdir}")
+    state = restored[0]
+    return model, {"params": state.params, "batch_stats": state.batch_stats}, split
+
+
 def train_step(state: TrainState, batch: dict, model, method: str, timesteps: int, dtype) -> tuple:
     """One step on this device's batch {"image", "label"}; runs under pmap with axis "batch"."""
     variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -162,12 +162,14 @@ def test_bptt_matches_a_hand_written_network(method):
 
 # --- every model and method runs; bad arguments are named ----------------------------
 
-@pytest.mark.parametrize("name", ALL_MODELS)
-def test_every_model_and_method_runs_in_float32(name):
-    """Finite float32 gradients. The ImageNet ResNets get 64×64 inputs: at 16×16 their
-    last stage is 1×1, and per-step BatchNorm over 2 values per channel makes
-    rate_s's gradient grow ~100× per block (a degenerate batch, not a bug)."""
-    shape = (64, 64, 3) if name in ("sew_resnet34", "preact_resnet34") else None
+@pytest.mark.parametrize("name", ["resnet18", "vggsnn_dvs", "sew_resnet34"])
+def test_every_method_runs_in_float32(name):
+    """Finite float32 gradients of static inputs at T = 2, on one model of each family (the
+    layers, where dtypes are handled, are shared; every model runs in oracle 1 above).
+    sew_resnet34 gets 64×64 inputs: at 16×16 its last stage is 1×1, and per-step
+    BatchNorm over 2 values per channel makes rate_s's gradient grow ~100× per block
+    (a degenerate batch, not a bug)."""
+    shape = (64, 64, 3) if name == "sew_resnet34" else None
     model, variables, images, labels = setup(name, dtype=jnp.float32, batch=2, shape=shape)
     for method in rbp.METHODS:
         out = step(model, method, variables, images, labels, 2)
@@ -199,21 +201,3 @@ def test_bad_arguments_name_the_argument():
         rbp.compute_grads("bptt_s", model, variables, sequence, labels, timesteps=4)
     with pytest.raises(ValueError, match="images must be"):
         rbp.compute_grads("bptt_m", model, variables, images[0], labels, timesteps=2)
-
-
-def compiled_temp_bytes(model, method, variables, images, labels, timesteps):
-    """XLA's temporary buffer size of the compiled step (compiled, never run)."""
-    fn = jax.jit(lambda v, x, y: rbp.run_method(method, model, v, x, y, timesteps=timesteps))
-    return fn.lower(variables, images, labels).compile().memory_analysis().temp_size_in_bytes
-
-
-def test_rate_s_memory_is_flat_in_timesteps():
-    """rate_s at T = 8 needs within 5% of its T = 2 memory; bptt_m's grows with T."""
-    model = models.create("resnet18", num_classes=10)
-    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
-    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))
-    rate_s = [compiled_temp_bytes(model, "rate_s", variables, images, labels, t) for t in (2, 8)]
-    bptt_m = [compiled_temp_bytes(model, "bptt_m", variables, images, labels, t) for t in (2, 8)]
-    assert rate_s[1] <= 1.05 * rate_s[0], rate_s
-    assert bptt_m[1] >= 2 * bptt_m[0], bptt_m

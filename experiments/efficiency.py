@@ -1,0 +1,173 @@
+"""Time and memory of one training step against T, per method (the paper's Fig. 4).
+
+    python -m experiments.efficiency --model resnet18 --batch_size 16 \
+        --timesteps 1,2,4,6,8 --methods bptt_m,bptt_s,rate_m,rate_s --out DIR
+
+For each method and T: the median wall time of the jitted step (forward and
+backward, after a warm-up call), XLA's compiled memory of the step
+(memory_analysis: temporaries, arguments, outputs) and, with --isolate on a
+GPU/TPU, the allocator's peak in a fresh process per measurement. A row
+"forward" at T = 1 is one no-grad forward time step (F of SPEC §4).
+Inputs are random images at the model's size (--image_size to change) and the
+parameters are those at initialisation: the cost does not depend on them.
+
+Writes DIR/efficiency.csv, DIR/efficiency.png (time and memory vs T, one line
+per method) and DIR/efficiency_summary.json (the ratios below), and prints the
+table and:
+  time_ratio_T6        rate_m / bptt_m step time at T = 6
+  memory_ratio_T6      rate_m / bptt_m compiled temporaries at T = 6
+  rate_s_memory_T8_T1  rate_s compiled temporaries at T = 8 / at T = 1
+  rate_m_vs_cost_model rate_m step time at T = 6 / (6 F + rate_m step time at T = 1)
+A step slower than --max_step_s is not timed at larger T (its memory still is:
+compiling is cheap), so a slow method on a CPU does not take hours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from absl import app, flags
+
+from experiments import report
+
+_MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.NAMES.")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the step.")
+_TIMESTEPS = flags.DEFINE_list("timesteps", ["1", "2", "4", "6", "8"], "Values of T.")
+_METHODS = flags.DEFINE_list("methods", ["bptt_m", "bptt_s", "rate_m", "rate_s"], "Training methods.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width (0: the model's own size).")
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median reported).")
+_MAX_STEP_S = flags.DEFINE_float("max_step_s", 60.0, "Do not time a method at larger T once its step takes longer.")
+_ISOLATE = flags.DEFINE_bool("isolate", False, "Measure each (method, T) in a fresh process, so that peak_bytes "
+                             "(GPU/TPU) is that step's own peak; without it peak_bytes is left empty.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+_ONE = flags.DEFINE_string("one", None, "(internal, for --isolate) METHOD:T:RUN: print one row as JSON.")
+
+COLUMNS = ["model", "method", "timesteps", "batch_size", "device", "step_time_s", "compiled_temp_bytes",
+           "argument_bytes", "output_bytes", "peak_bytes"]
+
+
+def measure(method: str, timesteps: int, *, run: bool, keep_peak: bool) -> dict:
+    """One row of the table: ``method`` ("forward" or one of METHODS) at T = timesteps."""
+    import jax
+    import jax.numpy as jnp
+
+    from ratebp_jax import analysis, models
+
+    h, w, c = models.INPUT_SHAPES[_MODEL.value]
+    if _IMAGE_SIZE.value:
+        h = w = _IMAGE_SIZE.value
+    model = models.create(_MODEL.value, num_classes=10, in_channels=c, dtype=_DTYPE.value)
+    images = jax.random.normal(jax.random.key(1), (_BATCH.value, h, w, c), _DTYPE.value)
+    labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
+    variables = models.init(model, jax.random.key(0), images, timesteps=timesteps)
+    if method == "forward":
+        cost = analysis.forward_step_cost(model, variables, images, run=run, repeats=_REPEATS.value)
+    else:
+        cost = analysis.step_cost(model, method, variables, images, labels.astype(jnp.int32), timesteps=timesteps,
+                                  run=run, repeats=_REPEATS.value)
+    return {"model": _MODEL.value, "method": method, "timesteps": timesteps, "batch_size": _BATCH.value,
+            "device": report.device_name(), "step_time_s": cost.step_time_s,
+            "compiled_temp_bytes": cost.temp_bytes, "argument_bytes": cost.argument_bytes,
+            "output_bytes": cost.output_bytes, "peak_bytes": cost.peak_bytes if keep_peak else None}
+
+
+def measure_isolated(method: str, timesteps: int, *, run: bool) -> dict:
+    """``measure`` in a fresh Python process (the allocator's peak is then this step's)."""
+    flag_names = ("model", "batch_size", "image_size", "dtype", "repeats")
+    argv = [f"--{name}={flags.FLAGS[name].serialize().split('=', 1)[1]}" for name in flag_names]
+    proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
+                           f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def summarize(rows: list[dict]) -> dict:
+    """The four ratios of the module docstring (None where a needed row is missing or untimed)."""
+    def get(method, t, field):
+        found = [r[field] for r in rows if r["method"] == method and int(r["timesteps"]) == t]
+        return float(found[0]) if found and found[0] not in (None, "") else None
+
+    def ratio(a, b):
+        return None if a is None or b is None else a / b
+
+    fwd, rate_1 = get("forward", 1, "step_time_s"), get("rate_m", 1, "step_time_s")
+    model_cost = None if fwd is None or rate_1 is None else 6 * fwd + rate_1
+    return {
+        "time_ratio_T6": ratio(get("rate_m", 6, "step_time_s"), get("bptt_m", 6, "step_time_s")),
+        "memory_ratio_T6": ratio(get("rate_m", 6, "compiled_temp_bytes"), get("bptt_m", 6, "compiled_temp_bytes")),
+        "rate_s_memory_T8_T1": ratio(get("rate_s", 8, "compiled_temp_bytes"), get("rate_s", 1, "compiled_temp_bytes")),
+        "rate_m_vs_cost_model": ratio(get("rate_m", 6, "step_time_s"), model_cost),
+    }
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "forward"):
+        own = [r for r in rows if r["method"] == method]
+        timed = [r for r in own if r["step_time_s"] is not None]
+        ax_time.plot([r["timesteps"] for r in timed], [r["step_time_s"] for r in timed], "o-", label=method)
+        ax_mem.plot([r["timesteps"] for r in own], [r["compiled_temp_bytes"] / 2**20 for r in own], "o-", label=method)
+    first = rows[0]
+    for ax, label in ((ax_time, "step time (s, median)"), (ax_mem, "compiled temporaries (MiB)")):
+        ax.set_xlabel("timesteps T")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{first['model']}, batch {first['batch_size']}, {first['device']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _ONE.value:
+        method, timesteps, run = _ONE.value.split(":")
+        print(json.dumps(measure(method, int(timesteps), run=run == "1", keep_peak=True)))
+        return
+    if not _OUT.value:
+        raise app.UsageError("--out is required")
+    from ratebp_jax import methods
+
+    unknown = [m for m in _METHODS.value if m not in methods.METHODS]
+    if unknown:
+        raise app.UsageError(f"--methods: unknown {unknown}; allowed: {list(methods.METHODS)}")
+    timesteps = sorted(int(t) for t in _TIMESTEPS.value)
+    if not timesteps or timesteps[0] < 1:
+        raise app.UsageError(f"--timesteps must be integers >= 1, got {_TIMESTEPS.value}")
+
+    def one(method, t, run):
+        if _ISOLATE.value:
+            return measure_isolated(method, t, run=run)
+        return measure(method, t, run=run, keep_peak=False)
+
+    rows = [one("forward", 1, True)]
+    for method in _METHODS.value:
+        run = True
+        for t in timesteps:
+            rows.append(one(method, t, run))
+            print(report.table(rows[-1:], COLUMNS[1:]).splitlines()[-1], flush=True)
+            run = run and rows[-1]["step_time_s"] <= _MAX_STEP_S.value
+    os.makedirs(_OUT.value, exist_ok=True)
+    report.write_csv(os.path.join(_OUT.value, "efficiency.csv"), rows, COLUMNS)
+    plot(rows, os.path.join(_OUT.value, "efficiency.png"))
+    summary = summarize(rows)
+    with open(os.path.join(_OUT.value, "efficiency_summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(report.table(rows, COLUMNS))
+    for name, value in summary.items():
+        print(f"{name:22s}{'-' if value is None else f'{value:.3f}'}")
+    print(f"wrote {_OUT.value}/efficiency.csv, efficiency.png, efficiency_summary.json")
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,140 @@
+"""How close rate-based gradients are to BPTT's: cosine similarity per layer and overall (Fig. 3(d)).
+
+At initialisation, on random inputs:
+    python -m experiments.grad_similarity --model resnet18 --timesteps 2,4,6 --seeds 0,1 --out DIR
+From a trained run (its model and T; a batch of its test split):
+    python -m experiments.grad_similarity --config configs/digits.py --workdir runs/digits --out DIR
+
+For each T and seed, the parameter gradients of the methods of each pair
+(--pairs rate_m:bptt_m,rate_s:bptt_s) on one batch are compared: overall (all
+parameters as one vector) and per conv/linear layer in network order.
+Writes DIR/grad_similarity.csv (model, pair, timesteps, seed, layer,
+cosine), DIR/grad_similarity.png (overall vs T; per layer) and prints the
+overall table (mean and spread over seeds).
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import sys
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from experiments import report
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of a trained run (with --workdir).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of that run; its best checkpoint is used.")
+_MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --config).")
+_BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
+_IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
+_TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T (with --config: its T).")
+_SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the initial parameters and the random batch.")
+_PAIRS = flags.DEFINE_list("pairs", ["rate_m:bptt_m", "rate_s:bptt_s"], "Method pairs A:B to compare.")
+_OUT = flags.DEFINE_string("out", None, "Output directory.")
+
+COLUMNS = ["model", "pair", "timesteps", "seed", "layer", "cosine"]
+
+
+def batches():
+    """Yields (model name, model, variables, images, labels, T, seed) for each measurement."""
+    import jax
+    import numpy as np
+
+    from ratebp_jax import models, train
+
+    if _CONFIG.value is not None:
+        config = _CONFIG.value
+        model, variables, split = train.load_trained(config, _WORKDIR.value)
+        batch = next(split.epoch(0))
+        images = np.asarray(batch["image"][:_BATCH.value], config.dtype)
+        yield config.model, model, variables, images, batch["label"][:_BATCH.value], config.timesteps, "trained"
+        return
+    h, w, c = models.INPUT_SHAPES[_MODEL.value]
+    if _IMAGE_SIZE.value:
+        h = w = _IMAGE_SIZE.value
+    model = models.create(_MODEL.value, num_classes=10, in_channels=c)
+    for seed in (int(s) for s in _SEEDS.value):
+        key = jax.random.key(seed)
+        images = jax.random.normal(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))
+        labels = jax.random.randint(jax.random.fold_in(key, 2), (_BATCH.value,), 0, 10)
+        for t in sorted(int(t) for t in _TIMESTEPS.value):
+            variables = models.init(model, key, images, timesteps=t)
+            yield _MODEL.value, model, variables, images, labels, t, seed
+
+
+def overall_table(rows: list[dict]) -> list[dict]:
+    """Per (pair, T): the mean, min and max of the overall cosine over seeds."""
+    groups = {}
+    for row in rows:
+        if row["layer"] == "overall":
+            groups.setdefault((row["pair"], row["timesteps"]), []).append(row["cosine"])
+    return [{"pair": pair, "timesteps": t, "seeds": len(v), "mean": statistics.mean(v), "min": min(v), "max": max(v)}
+            for (pair, t), v in groups.items()]
+
+
+def plot(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_all, ax_layers) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    summary = overall_table(rows)
+    for pair in dict.fromkeys(r["pair"] for r in summary):
+        own = [r for r in summary if r["pair"] == pair]
+        t = [r["timesteps"] for r in own]
+        ax_all.errorbar(t, [r["mean"] for r in own], fmt="o-", label=pair, capsize=3,
+                        yerr=[[r["mean"] - r["min"] for r in own], [r["max"] - r["mean"] for r in own]])
+    ax_all.set(xlabel="timesteps T", ylabel="cosine similarity (all parameters)", ylim=(0, 1.02))
+    ax_all.legend()
+    first_pair = rows[0]["pair"]
+    for t in dict.fromkeys(r["timesteps"] for r in rows):
+        layers = {}
+        for r in rows:
+            if r["pair"] == first_pair and r["timesteps"] == t and r["layer"] != "overall":
+                layers.setdefault(r["layer"], []).append(r["cosine"])
+        ax_layers.plot([statistics.mean(v) for v in layers.values()], "o-", ms=3, label=f"T={t}")
+    ax_layers.set(xlabel="layer (network order, input → classifier)", ylabel=f"cosine ({first_pair})", ylim=(0, 1.02))
+    ax_layers.legend()
+    for ax in (ax_all, ax_layers):
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"{rows[0]['model']}: gradient similarity to BPTT")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not _OUT.value:
+        raise app.UsageError("--out is required")
+    if (_CONFIG.value is None) != (_WORKDIR.value is None):
+        raise app.UsageError("--config and --workdir go together (a trained run); without them: --model")
+    from ratebp_jax import analysis, methods
+
+    pairs = [tuple(p.split(":")) for p in _PAIRS.value]
+    bad = [p for p in pairs if len(p) != 2 or not set(p) <= set(methods.METHODS)]
+    if bad:
+        raise app.UsageError(f"--pairs: {bad} are not A:B with A, B in {list(methods.METHODS)}")
+    rows = []
+    try:
+        for name, model, variables, images, labels, t, seed in batches():
+            result = analysis.grad_similarity(model, variables, images, labels, timesteps=t, pairs=pairs)
+            for (a, b), cosines in result.items():
+                rows += [{"model": name, "pair": f"{a}:{b}", "timesteps": t, "seed": seed, "layer": layer,
+                          "cosine": value} for layer, value in cosines.items()]
+                print(f"T={t} seed={seed} {a} vs {b}: overall {cosines['overall']:.3f}", flush=True)
+    except FileNotFoundError as error:  # no checkpoint, or the dataset is not there
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
+    report.write_csv(os.path.join(_OUT.value, "grad_similarity.csv"), rows, COLUMNS)
+    plot(rows, os.path.join(_OUT.value, "grad_similarity.png"))
+    print(report.table(overall_table(rows), ["pair", "timesteps", "seeds", "mean", "min", "max"]))
+    print(f"wrote {_OUT.value}/grad_similarity.csv, grad_similarity.png")
+
+
+if __name__ == "__main__":
+    app.run(main)

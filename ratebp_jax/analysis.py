@@ -1,0 +1,165 @@
+"""Measurements of an SNN and its training methods: gradient similarity, firing
+rates, and the time and memory one training step costs.
+
+    cosines = grad_similarity(model, variables, images, labels, timesteps=4,
+                              pairs=[("rate_m", "bptt_m")])
+    # {("rate_m", "bptt_m"): {"overall": 0.8, "conv1": 0.6, ..., "classifier": 1.0}}
+    rates = firing_rates(model, variables, images, timesteps=4)   # {"lif1": [T], ...}
+    cost = step_cost(model, "rate_m", variables, images, labels, timesteps=4)
+
+Layers are named by their module path ("layer1_0/conv1") and listed in network
+order: the order in which a forward pass calls them, not the alphabetical
+order of the parameter tree. images are [B, H, W, C] or [B, T, H, W, C], as
+everywhere (ratebp_jax.inputs).
+"""
+
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from typing import Any, NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ratebp_jax import inputs, methods
+from ratebp_jax.layers import LIF
+
+
+def call_order(model: nn.Module, variables: dict, images: jax.Array, *, timesteps: int,
+               kinds: tuple[type, ...]) -> list[str]:
+    """Paths ("a/b") of the submodules of the given kinds, in the order the forward pass calls them.
+
+    Traced abstractly (jax.eval_shape): nothing is computed.
+    """
+    order = []
+
+    def record(next_fun, args, kwargs, context):
+        path = "/".join(context.module.path)
+        if context.method_name == "__call__" and isinstance(context.module, kinds) and path not in order:
+            order.append(path)
+        return next_fun(*args, **kwargs)
+
+    x = inputs.time_major(images, timesteps)
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda v, x: model.apply(v, x, mode="eval"), variables, x)
+    return order
+
+
+def subtree(tree: dict, path: str) -> Any:
+    """tree["a"]["b"] for path "a/b"."""
+    return functools.reduce(lambda node, key: node[key], path.split("/"), tree)
+
+
+def cosine(a: Any, b: Any) -> float:
+    """Cosine similarity of two pytrees of one structure, as flat vectors (computed in float64)."""
+    a = np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(a)])
+    b = np.concatenate([np.ravel(x).astype(np.float64) for x in jax.tree.leaves(b)])
+    return float(a @ b / np.sqrt((a @ a) * (b @ b)))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="timesteps")
+def _grads(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
+           timesteps: int) -> Any:
+    return methods.run_method(method, model, variables, images, labels, timesteps=timesteps).grads
+
+
+def grad_similarity(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *, timesteps: int,
+                    pairs: Sequence[tuple[str, str]] = (("rate_m", "bptt_m"), ("rate_s", "bptt_s")),
+                    ) -> dict[tuple[str, str], dict[str, float]]:
+    """Cosine similarity of the parameter gradients of two methods on one batch.
+
+    Returns, per pair (a, b) of METHODS: {"overall": cosine over all
+    parameters, then per layer (each conv and linear layer, kernel and bias) in
+    network order: cosine}. BatchNorm parameters count in "overall" only.
+    """
+    layers = call_order(model, variables, images, timesteps=timesteps, kinds=(nn.Conv, nn.Dense))
+    grads = {}
+    for method in {m for pair in pairs for m in pair}:
+        grads[method] = jax.device_get(_grads(method, model, variables, images, labels, timesteps=timesteps))
+    result = {}
+    for a, b in pairs:
+        result[(a, b)] = {"overall": cosine(grads[a], grads[b])} | {
+            layer: cosine(subtree(grads[a], layer), subtree(grads[b], layer)) for layer in layers}
+    return result
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("timesteps", "mode"))
+def _lif_outputs(model: nn.Module, variables: dict, images: jax.Array, *, timesteps: int, mode: str) -> dict:
+    _, state = model.apply(variables, inputs.time_major(images, timesteps), mode=mode,
+                           capture_intermediates=lambda module, method: isinstance(module, LIF),
+                           mutable=True)
+    # Per LIF layer: spikes [T, B, ...] -> the fraction of its neurons that fire at each t, [T].
+    return jax.tree.map(lambda s: s.reshape(s.shape[0], -1).mean(axis=1), state["intermediates"])
+
+
+def firing_rates(model: nn.Module, variables: dict, images: jax.Array, *, timesteps: int,
+                 mode: str = "eval") -> dict[str, np.ndarray]:
+    """Mean firing rate of each LIF layer at each time step, in network order.
+
+    mode "eval" (running BatchNorm statistics, as at test time) or "spike"
+    (batch statistics, as in training). Returns {layer path: float [T]}: the
+    fraction of the layer's neurons (over the batch and all positions) that
+    spike at step t. Average over t for the layer's mean rate.
+    """
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    outputs = _lif_outputs(model, variables, images, timesteps=timesteps, mode=mode)
+    layers = call_order(model, variables, images, timesteps=timesteps, kinds=(LIF,))
+    return {layer: np.asarray(subtree(outputs, layer)["__call__"][0]) for layer in layers}
+
+
+class StepCost(NamedTuple):
+    step_time_s: float | None    # median wall time of one compiled call (None: not run)
+    temp_bytes: int              # XLA memory_analysis of the compiled step: temporaries,
+    argument_bytes: int          # arguments
+    output_bytes: int            # and outputs
+    peak_bytes: int | None       # device allocator peak in this process (GPU/TPU; None on CPU)
+
+
+def median_time(fn, *args, repeats: int = 3, warmup: int = 1) -> float:
+    """Median wall time (s) of fn(*args) with the result ready, after ``warmup`` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _peak_bytes() -> int | None:
+    stats = jax.local_devices()[0].memory_stats()
+    return None if stats is None else stats.get("peak_bytes_in_use")
+
+
+def _cost(compiled, args, *, run: bool, repeats: int) -> StepCost:
+    memory = compiled.memory_analysis()
+    step_time = median_time(compiled, *args, repeats=repeats) if run else None
+    return StepCost(step_time, int(memory.temp_size_in_bytes), int(memory.argument_size_in_bytes),
+                    int(memory.output_size_in_bytes), _peak_bytes() if run else None)
+
+
+def step_cost(model: nn.Module, method: str, variables: dict, images: jax.Array, labels: jax.Array, *,
+              timesteps: int, run: bool = True, repeats: int = 3) -> StepCost:
+    """Time and memory of one jitted training step of ``method`` (forward and backward).
+
+    run=False only compiles (memory without the wait); then the arguments may be
+    jax.ShapeDtypeStruct. The step time is the median of ``repeats`` calls
+    after one warm-up call.
+    """
+    step = jax.jit(lambda v, x, y: methods.run_method(method, model, v, x, y, timesteps=timesteps))
+    compiled = step.lower(variables, images, labels).compile()
+    return _cost(compiled, (variables, images, labels), run=run, repeats=repeats)
+
+
+def forward_step_cost(model: nn.Module, variables: dict, images: jax.Array, *, run: bool = True,
+                      repeats: int = 3) -> StepCost:
+    """Cost of one no-grad forward time step (eval mode, T = 1): F of SPEC §4."""
+    forward = jax.jit(lambda v, x: model.apply(v, inputs.time_major(x, 1), mode="eval"))
+    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    compiled = forward.lower(variables, inputs.first_step(images)).compile()
+    return _cost(compiled, (variables, inputs.first_step(images)), run=run, repeats=repeats)

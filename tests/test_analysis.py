@@ -1,0 +1,87 @@
+"""analysis: layer order, cosines, firing rates against the spike pass's record, step cost."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ratebp_jax import analysis, layers, models
+from test_methods import setup
+
+
+def test_call_order_is_network_order_not_alphabetical():
+    model = models.create("resnet18", num_classes=10)
+    images = jnp.zeros((2, 32, 32, 3))
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), images, timesteps=1))
+    order = analysis.call_order(model, variables, images, timesteps=2, kinds=(nn.Conv, nn.Dense))
+    assert order[0] == "conv0" and order[-1] == "classifier" and len(order) == 21  # stem, 16 block convs, 3 shortcuts, linear
+    assert order.index("layer1_0/conv1") < order.index("layer1_0/conv2") < order.index("layer2_0/conv1")
+    assert order != sorted(order)
+    flat = {"/".join(k.key for k in path[:-1]) for path, _ in jax.tree_util.tree_leaves_with_path(variables["params"])}
+    assert set(order) <= flat
+
+
+def test_cosine_of_trees():
+    a = {"w": np.array([[1.0, 2.0]]), "b": np.array([3.0])}
+    assert analysis.cosine(a, a) == pytest.approx(1.0)
+    assert analysis.cosine(a, jax.tree.map(lambda x: -2 * x, a)) == pytest.approx(-1.0)
+    assert analysis.cosine({"w": np.array([1.0, 0.0])}, {"w": np.array([0.0, 5.0])}) == pytest.approx(0.0)
+    b = {"w": np.array([[0.5, -1.0]]), "b": np.array([2.0])}
+    flat_a, flat_b = np.array([3.0, 1.0, 2.0]), np.array([2.0, 0.5, -1.0])  # leaves in tree order: b, w
+    expected = flat_a @ flat_b / np.linalg.norm(flat_a) / np.linalg.norm(flat_b)
+    assert analysis.cosine(a, b) == pytest.approx(expected)
+
+
+def test_grad_similarity_is_one_at_one_timestep_and_below_one_later():
+    """Oracle 1 seen through the experiment: at T = 1 every layer's cosine is 1."""
+    model, variables, images, labels = setup("digits_vgg", batch=8)
+    at_1 = analysis.grad_similarity(model, variables, images, labels, timesteps=1)
+    at_4 = analysis.grad_similarity(model, variables, images, labels, timesteps=4)
+    for pair in (("rate_m", "bptt_m"), ("rate_s", "bptt_s")):
+        assert list(at_1[pair]) == ["overall", "conv0", "conv1", "conv2", "classifier"]
+        np.testing.assert_allclose(list(at_1[pair].values()), 1.0, atol=1e-10)
+        assert 0 < at_4[pair]["overall"] < 1 - 1e-6
+
+
+def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
+    """Per layer, the time-mean of firing_rates(mode="spike") is the mean of RECORD's rate."""
+    model, variables, images, _ = setup("digits_vgg", batch=8)
+    images = images * 4
+    rates = analysis.firing_rates(model, variables, images, timesteps=5, mode="spike")
+    _, state = model.apply(variables, jnp.broadcast_to(images, (5,) + images.shape), mode="spike",
+                           mutable=["batch_stats", layers.RECORD])
+    assert list(rates) == ["spike0", "spike1", "spike2"]
+    for layer, per_step in rates.items():
+        assert per_step.shape == (5,) and np.all((per_step >= 0) & (per_step <= 1))
+        recorded = float(jnp.mean(state[layers.RECORD][layer]["rate"]))
+        np.testing.assert_allclose(per_step.mean(), recorded, rtol=1e-12)
+    assert 0 < rates["spike0"].mean() < 1
+    eval_rates = analysis.firing_rates(model, variables, images, timesteps=5)  # running statistics
+    assert not np.allclose(eval_rates["spike0"], rates["spike0"])
+
+
+def test_rate_s_memory_is_flat_in_timesteps():
+    """rate_s at T = 8 needs within 5% of its T = 2 compiled memory; bptt_m's grows with T."""
+    model = models.create("resnet18", num_classes=10)
+    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))
+
+    def temp_bytes(method, t):
+        return analysis.step_cost(model, method, variables, images, labels, timesteps=t, run=False).temp_bytes
+
+    rate_s = [temp_bytes("rate_s", t) for t in (2, 8)]
+    bptt_m = [temp_bytes("bptt_m", t) for t in (2, 8)]
+    assert rate_s[1] <= 1.05 * rate_s[0], rate_s
+    assert bptt_m[1] >= 2 * bptt_m[0], bptt_m
+
+
+def test_step_cost_times_the_step():
+    model, variables, images, labels = setup("digits_vgg", dtype=jnp.float32, batch=4)
+    cost = analysis.step_cost(model, "rate_m", variables, images, labels, timesteps=2, repeats=2)
+    assert cost.step_time_s > 0 and cost.temp_bytes > 0 and cost.peak_bytes is None  # CPU: no allocator stats
+    params_bytes = sum(x.nbytes for x in jax.tree.leaves(variables))
+    assert cost.argument_bytes >= params_bytes + images.nbytes
+    forward = analysis.forward_step_cost(model, variables, images, run=False)
+    assert forward.step_time_s is None and 0 < forward.temp_bytes < cost.temp_bytes

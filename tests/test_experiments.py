@@ -1,0 +1,88 @@
+"""The experiment commands end to end, on the digits model: CSV, PNG and printed tables."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module, *flags):
+    proc = subprocess.run([sys.executable, "-m", f"experiments.{module}", *flags], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def read(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A digits run of two steps (its best checkpoint is what the analyses load)."""
+    workdir = tmp_path_factory.mktemp("digits_run")
+    run("train", "--config", "configs/digits.py:smoke", "--workdir", str(workdir))
+    return str(workdir)
+
+
+def test_efficiency_writes_table_plot_and_summary(tmp_path):
+    """--max_step_s 0: each method is timed at its first T only, its memory measured at every T."""
+    stdout = run("efficiency", "--model", "digits_vgg", "--timesteps", "2,1", "--methods", "rate_m,rate_s,bptt_m",
+                 "--repeats", "1", "--max_step_s", "0", "--out", str(tmp_path))
+    rows = read(tmp_path / "efficiency.csv")
+    assert list(rows[0]) == ["model", "method", "timesteps", "batch_size", "device", "step_time_s",
+                             "compiled_temp_bytes", "argument_bytes", "output_bytes", "peak_bytes"]
+    assert [(r["method"], r["timesteps"], r["step_time_s"] != "") for r in rows] == [
+        ("forward", "1", True), ("rate_m", "1", True), ("rate_m", "2", False), ("rate_s", "1", True),
+        ("rate_s", "2", False), ("bptt_m", "1", True), ("bptt_m", "2", False)]
+    assert all(float(r["step_time_s"]) > 0 for r in rows if r["step_time_s"])
+    memory = {(r["method"], r["timesteps"]): int(r["compiled_temp_bytes"]) for r in rows}
+    assert memory[("bptt_m", "2")] > memory[("bptt_m", "1")] > memory[("forward", "1")] > 0
+    assert (tmp_path / "efficiency.png").stat().st_size > 10_000
+    with open(tmp_path / "efficiency_summary.json") as f:
+        assert set(json.load(f)) == {"time_ratio_T6", "memory_ratio_T6", "rate_s_memory_T8_T1", "rate_m_vs_cost_model"}
+    assert "| digits_vgg | rate_s  | 2         | 16         |" in stdout
+
+
+def test_grad_similarity_at_initialisation(tmp_path):
+    stdout = run("grad_similarity", "--model", "digits_vgg", "--timesteps", "1,3", "--seeds", "0,1",
+                 "--pairs", "rate_m:bptt_m", "--out", str(tmp_path))
+    rows = read(tmp_path / "grad_similarity.csv")
+    assert len(rows) == 2 * 2 * 5  # T × seeds × (overall + 4 layers)
+    at_1 = [float(r["cosine"]) for r in rows if r["timesteps"] == "1"]
+    np.testing.assert_allclose(at_1, 1.0, atol=1e-5)  # oracle 1, in float32
+    assert [r["layer"] for r in rows[:5]] == ["overall", "conv0", "conv1", "conv2", "classifier"]
+    assert (tmp_path / "grad_similarity.png").stat().st_size > 10_000
+    assert "| rate_m:bptt_m | 3 " in stdout
+
+
+def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
+    run("grad_similarity", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
+    rows = read(tmp_path / "grad_similarity.csv")
+    assert {r["seed"] for r in rows} == {"trained"} and {r["timesteps"] for r in rows} == {"2"}
+
+    stdout = run("firing_rates", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
+    rows = read(tmp_path / "firing_rates.csv")
+    assert [r["layer"] for r in rows] == ["spike0"] * 3 + ["spike1"] * 3 + ["spike2"] * 3
+    assert [r["timestep"] for r in rows[:3]] == ["1", "2", "mean"]
+    rates = np.array([float(r["firing_rate"]) for r in rows]).reshape(3, 3)
+    assert np.all((rates >= 0) & (rates <= 1)) and rates.max() > 0
+    np.testing.assert_allclose(rates[:, 2], rates[:, :2].mean(axis=1), rtol=1e-6)
+    assert (tmp_path / "firing_rates.png").stat().st_size > 10_000
+    assert "spike2" in stdout
+
+
+def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "experiments.firing_rates", "--config", "configs/digits.py:smoke",
+                           "--workdir", str(tmp_path), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2
+    error, = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "no best checkpoint in" in error and "python -m experiments.train" in error
