@@ -50,12 +50,11 @@ COLUMNS = ["model", "method", "timesteps", "batch_size", "device", "step_time_s"
            "argument_bytes", "output_bytes", "peak_bytes"]
 
 
-def measure(method: str, timesteps: int, *, run: bool, keep_peak: bool) -> dict:
-    """One row of the table: ``method`` ("forward" or one of METHODS) at T = timesteps."""
+def setup():
+    """(model, variables, images, labels) of the flags: random inputs, parameters at initialisation."""
     import jax
-    import jax.numpy as jnp
 
-    from ratebp_jax import analysis, models
+    from ratebp_jax import models
 
     h, w, c = models.INPUT_SHAPES[_MODEL.value]
     if _IMAGE_SIZE.value:
@@ -63,25 +62,18 @@ def measure(method: str, timesteps: int, *, run: bool, keep_peak: bool) -> dict:
     model = models.create(_MODEL.value, num_classes=10, in_channels=c, dtype=_DTYPE.value)
     images = jax.random.normal(jax.random.key(1), (_BATCH.value, h, w, c), _DTYPE.value)
     labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
-    variables = models.init(model, jax.random.key(0), images, timesteps=timesteps)
-    if method == "forward":
-        cost = analysis.forward_step_cost(model, variables, images, run=run, repeats=_REPEATS.value)
-    else:
-        cost = analysis.step_cost(model, method, variables, images, labels.astype(jnp.int32), timesteps=timesteps,
-                                  run=run, repeats=_REPEATS.value)
-    return {"model": _MODEL.value, "method": method, "timesteps": timesteps, "batch_size": _BATCH.value,
-            "device": report.device_name(), "step_time_s": cost.step_time_s,
-            "compiled_temp_bytes": cost.temp_bytes, "argument_bytes": cost.argument_bytes,
-            "output_bytes": cost.output_bytes, "peak_bytes": cost.peak_bytes if keep_peak else None}
+    return model, models.init(model, jax.random.key(0), images, timesteps=1), images, labels
 
 
-def measure_isolated(method: str, timesteps: int, *, run: bool) -> dict:
-    """``measure`` in a fresh Python process (the allocator's peak is then this step's)."""
+def measure_isolated(method: str, timesteps: int, run: bool):
+    """analysis.StepCost of one measurement in a fresh Python process (the allocator's peak is then its own)."""
+    from ratebp_jax import analysis
+
     flag_names = ("model", "batch_size", "image_size", "dtype", "repeats")
-    argv = [f"--{name}={flags.FLAGS[name].serialize().split('=', 1)[1]}" for name in flag_names]
+    argv = [flags.FLAGS[name].serialize() for name in flag_names]
     proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
                            f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return analysis.StepCost(**json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -103,63 +95,45 @@ def summarize(rows: list[dict]) -> dict:
     }
 
 
-def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "forward"):
-        own = [r for r in rows if r["method"] == method]
-        timed = [r for r in own if r["step_time_s"] is not None]
-        ax_time.plot([r["timesteps"] for r in timed], [r["step_time_s"] for r in timed], "o-", label=method)
-        ax_mem.plot([r["timesteps"] for r in own], [r["compiled_temp_bytes"] / 2**20 for r in own], "o-", label=method)
-    first = rows[0]
-    for ax, label in ((ax_time, "step time (s, median)"), (ax_mem, "compiled temporaries (MiB)")):
-        ax.set_xlabel("timesteps T")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(f"{first['model']}, batch {first['batch_size']}, {first['device']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    from ratebp_jax import analysis, methods, plotting
+
+    model, variables, images, labels = setup()
     if _ONE.value:
         method, timesteps, run = _ONE.value.split(":")
-        print(json.dumps(measure(method, int(timesteps), run=run == "1", keep_peak=True)))
+        cost = analysis.measure_cost(model, method, int(timesteps), run == "1", variables=variables, images=images,
+                                     labels=labels, repeats=_REPEATS.value)
+        print(json.dumps(cost._asdict()))
         return
     if not _OUT.value:
         raise app.UsageError("--out is required")
-    from ratebp_jax import methods
-
     unknown = [m for m in _METHODS.value if m not in methods.METHODS]
     if unknown:
         raise app.UsageError(f"--methods: unknown {unknown}; allowed: {list(methods.METHODS)}")
-    timesteps = sorted(int(t) for t in _TIMESTEPS.value)
-    if not timesteps or timesteps[0] < 1:
+    timesteps = [int(t) for t in _TIMESTEPS.value]
+    if not timesteps or min(timesteps) < 1:
         raise app.UsageError(f"--timesteps must be integers >= 1, got {_TIMESTEPS.value}")
 
-    def one(method, t, run):
+    def measure(method, t, run):
         if _ISOLATE.value:
-            return measure_isolated(method, t, run=run)
-        return measure(method, t, run=run, keep_peak=False)
+            cost = measure_isolated(method, t, run)
+        else:
+            cost = analysis.measure_cost(model, method, t, run, variables=variables, images=images, labels=labels,
+                                         repeats=_REPEATS.value)
+        timed = "not timed" if cost.step_time_s is None else f"{cost.step_time_s:.4g} s"
+        print(f"{method} T={t}: {timed}, {cost.temp_bytes / 2**20:.1f} MiB compiled temporaries", flush=True)
+        return cost
 
-    rows = [one("forward", 1, True)]
-    for method in _METHODS.value:
-        run = True
-        for t in timesteps:
-            rows.append(one(method, t, run))
-            print(report.table(rows[-1:], COLUMNS[1:]).splitlines()[-1], flush=True)
-            run = run and rows[-1]["step_time_s"] <= _MAX_STEP_S.value
+    rows = analysis.cost_sweep(model, variables, images, labels, timesteps=timesteps, methods=_METHODS.value,
+                               max_step_s=_MAX_STEP_S.value, measure=measure)
+    common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": report.device_name()}
+    rows = [{**common, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]
     os.makedirs(_OUT.value, exist_ok=True)
     report.write_csv(os.path.join(_OUT.value, "efficiency.csv"), rows, COLUMNS)
-    plot(rows, os.path.join(_OUT.value, "efficiency.png"))
+    plotting.save(plotting.plot_cost(rows, f"{_MODEL.value}, batch {_BATCH.value}, {common['device']}"),
+                  os.path.join(_OUT.value, "efficiency.png"))
     summary = summarize(rows)
     with open(os.path.join(_OUT.value, "efficiency_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)

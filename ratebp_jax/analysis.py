@@ -16,9 +16,10 @@ everywhere (ratebp_jax.inputs).
 from __future__ import annotations
 
 import functools
+import math
 import statistics
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
@@ -163,3 +164,42 @@ def forward_step_cost(model: nn.Module, variables: dict, images: jax.Array, *, r
     variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
     compiled = forward.lower(variables, inputs.first_step(images)).compile()
     return _cost(compiled, (variables, inputs.first_step(images)), run=run, repeats=repeats)
+
+
+def measure_cost(model: nn.Module, method: str, timesteps: int, run: bool, *, variables: dict, images: jax.Array,
+                 labels: jax.Array, repeats: int = 3) -> StepCost:
+    """step_cost of ``method``, or forward_step_cost for method "forward" (then timesteps is 1)."""
+    if method == "forward":
+        return forward_step_cost(model, variables, images, run=run, repeats=repeats)
+    return step_cost(model, method, variables, images, labels, timesteps=timesteps, run=run, repeats=repeats)
+
+
+def cost_sweep(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
+               timesteps: Sequence[int], methods: Sequence[str], repeats: int = 3, max_step_s: float = math.inf,
+               measure: Callable[[str, int, bool], StepCost] | None = None) -> list[dict]:
+    """Cost of each method at each T, plus one no-grad forward step (method "forward", T = 1).
+
+    A method whose step takes longer than max_step_s is not timed at larger T
+    (its memory still is: compiling is cheap). measure(method, T, run) -> StepCost
+    replaces the in-process measurement (e.g. by one in a fresh process).
+    Returns rows {"method", "timesteps", "step_time_s", "compiled_temp_bytes",
+    "argument_bytes", "output_bytes", "peak_bytes"} in measurement order.
+    """
+    measure = measure or functools.partial(measure_cost, model, variables=variables, images=images, labels=labels,
+                                           repeats=repeats)
+    rows = []
+
+    def add(method: str, t: int, run: bool) -> StepCost:
+        cost = measure(method, t, run)
+        rows.append({"method": method, "timesteps": t, "step_time_s": cost.step_time_s,
+                     "compiled_temp_bytes": cost.temp_bytes, "argument_bytes": cost.argument_bytes,
+                     "output_bytes": cost.output_bytes, "peak_bytes": cost.peak_bytes})
+        return cost
+
+    add("forward", 1, True)
+    for method in methods:
+        run = True
+        for t in sorted(timesteps):
+            cost = add(method, t, run)
+            run = run and cost.step_time_s <= max_step_s
+    return rows

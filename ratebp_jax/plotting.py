@@ -1,0 +1,115 @@
+"""Figures of the notebook and the experiments (matplotlib; each returns its Figure).
+
+    plot_neuron(currents)              spike raster and membrane potentials of LIF neurons
+    plot_eligibility_vs_bptt(x, c)     eligibility against the BPTT derivative of the rate
+    plot_cost(rows)                    step time and compiled memory against T, per method
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import matplotlib.pyplot as plt
+import numpy as np
+
+from ratebp_jax import neuron as neuron_lib
+from ratebp_jax import ratebp
+
+
+def membrane_and_spikes(currents: jax.Array, neuron: neuron_lib.LIFParams | None = None,
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """(charged potentials u_t before reset, spikes s_t), both [T, ...] like currents [T, ...]."""
+    neuron = neuron or neuron_lib.LIFParams()
+
+    def step(v, x):
+        u = neuron.decay * v + x
+        v, s = neuron_lib.lif_step(v, x, neuron)
+        return v, (u, s)
+
+    _, (u, s) = jax.lax.scan(step, jnp.zeros_like(currents[0]), currents)
+    return np.asarray(u), np.asarray(s)
+
+
+def plot_neuron(currents: jax.Array, neuron: neuron_lib.LIFParams | None = None) -> plt.Figure:
+    """Raster (top) and membrane potentials with the threshold (bottom) of neurons
+    driven by currents [T, N] (N a few neurons)."""
+    neuron = neuron or neuron_lib.LIFParams()
+    u, s = membrane_and_spikes(currents, neuron)
+    t = np.arange(1, len(u) + 1)
+    fig, (ax_raster, ax_u) = plt.subplots(2, 1, figsize=(9, 5), sharex=True, gridspec_kw={"height_ratios": [1, 2]})
+    for i in range(u.shape[1]):
+        ax_raster.scatter(t[s[:, i] > 0], np.full(int(s[:, i].sum()), i), marker="|", s=150)
+        ax_u.plot(t, u[:, i], ".-", label=f"neuron {i}: mean input {float(np.mean(currents[:, i])):.2f}")
+    ax_raster.set(ylabel="neuron", yticks=range(u.shape[1]), title="spikes")
+    ax_u.axhline(neuron.threshold, color="k", ls="--", lw=1, label="threshold ϑ")
+    ax_u.set(xlabel="time step t", ylabel="membrane u_t (before reset)")
+    ax_u.legend(fontsize=8, loc="upper right")
+    fig.tight_layout()
+    return fig
+
+
+def eligibility_and_bptt_derivative(currents: jax.Array, shifts: jax.Array,
+                                    neuron: neuron_lib.LIFParams | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """For a neuron driven by currents [T] + c, for each shift c of shifts [S]:
+    (eligibility from lif_rate_stats, d mean_t lif_scan(currents + c) / dc by jax.grad), both [S]."""
+    neuron = neuron or neuron_lib.LIFParams()
+
+    def rate(c):
+        return jnp.mean(neuron_lib.lif_scan(currents + c, neuron))
+
+    elig = jax.vmap(lambda c: ratebp.lif_rate_stats(currents + c, neuron)[1])(shifts)
+    return np.asarray(elig), np.asarray(jax.vmap(jax.grad(rate))(shifts))
+
+
+def plot_eligibility_vs_bptt(currents: jax.Array, shifts: jax.Array,
+                             neuron: neuron_lib.LIFParams | None = None) -> plt.Figure:
+    """Eligibility and the BPTT surrogate derivative of the firing rate against the input shift,
+    with the rate itself: the two derivatives coincide (SPEC oracle 3)."""
+    neuron = neuron or neuron_lib.LIFParams()
+    elig, bptt = eligibility_and_bptt_derivative(currents, shifts, neuron)
+    rates = jax.vmap(lambda c: jnp.mean(neuron_lib.lif_scan(currents + c, neuron)))(shifts)
+    fig, (ax_rate, ax_grad) = plt.subplots(1, 2, figsize=(11, 4))
+    ax_rate.step(shifts, rates, where="mid")
+    ax_rate.set(xlabel="input shift c", ylabel="firing rate mean_t s_t", title="the rate is a staircase in c")
+    ax_grad.plot(shifts, bptt, lw=4, alpha=0.4, label="BPTT: d rate / dc through lif_scan")
+    ax_grad.plot(shifts, elig, "k--", lw=1.5, label="eligibility (lif_rate_stats, one forward scan)")
+    ax_grad.set(xlabel="input shift c", ylabel="surrogate derivative", title="rate-based = BPTT, without the backward scan")
+    ax_grad.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_cost(rows: Sequence[dict], title: str = "") -> plt.Figure:
+    """Step time and compiled temporaries against T, one line per method.
+
+    rows: dicts with method, timesteps, step_time_s (None: not timed) and
+    compiled_temp_bytes (analysis.cost_sweep's rows, or experiments.efficiency's CSV);
+    a "forward" row is left out.
+    """
+    fig, (ax_time, ax_mem) = plt.subplots(1, 2, figsize=(10, 4))
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "forward"):
+        own = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["timesteps"]))
+        timed = [r for r in own if r["step_time_s"] not in (None, "")]
+        ax_time.plot([int(r["timesteps"]) for r in timed], [float(r["step_time_s"]) for r in timed], "o-",
+                     label=method)
+        ax_mem.plot([int(r["timesteps"]) for r in own], [int(r["compiled_temp_bytes"]) / 2**20 for r in own], "o-",
+                    label=method)
+    for ax, label in ((ax_time, "step time (s, median)"), (ax_mem, "compiled temporaries (MiB)")):
+        ax.set(xlabel="timesteps T", ylabel=label)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: plt.Figure, path: str) -> None:
+    """Writes fig as an image (format from the extension) and closes it."""
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+__all__ = ["membrane_and_spikes", "plot_neuron", "eligibility_and_bptt_derivative", "plot_eligibility_vs_bptt",
+           "plot_cost", "save"]
