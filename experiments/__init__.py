@@ -1,0 +1,1 @@
+"""Command-line experiments: python -m experiments.{train, efficiency, grad_similarity, firing_rates}."""

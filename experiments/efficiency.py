@@ -98,6 +98,7 @@ def summarize(rows: list[dict]) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    report.quiet_library_logs()
     from ratebp_jax import analysis, methods, plotting
 
     model, variables, images, labels = setup()

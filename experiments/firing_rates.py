@@ -74,6 +74,7 @@ def plot(rates: dict, title: str, path: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    report.quiet_library_logs()
     config = _CONFIG.value
     try:
         rates = mean_firing_rates(config, _WORKDIR.value, _NUM_BATCHES.value)

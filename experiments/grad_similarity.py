@@ -109,6 +109,7 @@ def plot(rows: list[dict], path: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    report.quiet_library_logs()
     if not _OUT.value:
         raise app.UsageError("--out is required")
     if (_CONFIG.value is None) != (_WORKDIR.value is None):

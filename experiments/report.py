@@ -8,6 +8,14 @@ import platform
 from typing import Sequence
 
 
+def quiet_library_logs() -> None:
+    """Shows absl logs (Orbax logs every checkpoint step at INFO) from WARNING up, unless --verbosity was given."""
+    from absl import flags, logging
+
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)
+
+
 def device_name() -> str:
     """The first JAX device in words, e.g. "cpu (x86_64, 2 cores)" or "NVIDIA H100 80GB HBM3"."""
     import jax
