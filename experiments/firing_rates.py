@@ -49,28 +49,6 @@ def mean_firing_rates(config, workdir: str, num_batches: int) -> dict:
     return {layer: total / count for layer, total in totals.items()}
 
 
-def plot(rates: dict, title: str, path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    grid = np.stack(list(rates.values()))  # [layers, T]
-    fig, (ax_map, ax_mean) = plt.subplots(1, 2, figsize=(12, max(3, 0.25 * len(rates) + 1.5)))
-    image = ax_map.imshow(grid, aspect="auto", cmap="viridis")
-    ax_map.set(xlabel="time step t", ylabel="LIF layer", xticks=range(grid.shape[1]),
-               xticklabels=range(1, grid.shape[1] + 1), yticks=range(len(rates)), yticklabels=list(rates))
-    fig.colorbar(image, ax=ax_map, label="firing rate")
-    ax_mean.barh(range(len(rates)), grid.mean(axis=1))
-    ax_mean.set(yticks=range(len(rates)), yticklabels=list(rates), xlabel="mean firing rate over T")
-    ax_mean.invert_yaxis()
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -87,8 +65,10 @@ def main(argv):
         rows += [{**base, "timestep": t + 1, "firing_rate": float(r)} for t, r in enumerate(per_step)]
         rows.append({**base, "timestep": "mean", "firing_rate": float(per_step.mean())})
     report.write_csv(os.path.join(_OUT.value, "firing_rates.csv"), rows, COLUMNS)
-    plot(rates, f"{config.model} ({config.method}, T={config.timesteps}) on {config.dataset}",
-         os.path.join(_OUT.value, "firing_rates.png"))
+    from ratebp_jax import plotting
+
+    title = f"{config.model} ({config.method}, T={config.timesteps}) on {config.dataset}"
+    plotting.save(plotting.plot_firing_rates(rates, title), os.path.join(_OUT.value, "firing_rates.png"))
     print(report.table([r for r in rows if r["timestep"] == "mean"], ["layer_index", "layer", "firing_rate"]))
     print(f"wrote {_OUT.value}/firing_rates.csv, firing_rates.png")
 

@@ -74,38 +74,6 @@ def overall_table(rows: list[dict]) -> list[dict]:
             for (pair, t), v in groups.items()]
 
 
-def plot(rows: list[dict], path: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_all, ax_layers) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
-    summary = overall_table(rows)
-    for pair in dict.fromkeys(r["pair"] for r in summary):
-        own = [r for r in summary if r["pair"] == pair]
-        t = [r["timesteps"] for r in own]
-        ax_all.errorbar(t, [r["mean"] for r in own], fmt="o-", label=pair, capsize=3,
-                        yerr=[[r["mean"] - r["min"] for r in own], [r["max"] - r["mean"] for r in own]])
-    ax_all.set(xlabel="timesteps T", ylabel="cosine similarity (all parameters)", ylim=(0, 1.02))
-    ax_all.legend()
-    first_pair = rows[0]["pair"]
-    for t in dict.fromkeys(r["timesteps"] for r in rows):
-        layers = {}
-        for r in rows:
-            if r["pair"] == first_pair and r["timesteps"] == t and r["layer"] != "overall":
-                layers.setdefault(r["layer"], []).append(r["cosine"])
-        ax_layers.plot([statistics.mean(v) for v in layers.values()], "o-", ms=3, label=f"T={t}")
-    ax_layers.set(xlabel="layer (network order, input → classifier)", ylabel=f"cosine ({first_pair})", ylim=(0, 1.02))
-    ax_layers.legend()
-    for ax in (ax_all, ax_layers):
-        ax.grid(alpha=0.3)
-    fig.suptitle(f"{rows[0]['model']}: gradient similarity to BPTT")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -114,7 +82,7 @@ def main(argv):
         raise app.UsageError("--out is required")
     if (_CONFIG.value is None) != (_WORKDIR.value is None):
         raise app.UsageError("--config and --workdir go together (a trained run); without them: --model")
-    from ratebp_jax import analysis, methods
+    from ratebp_jax import analysis, methods, plotting
 
     pairs = [tuple(p.split(":")) for p in _PAIRS.value]
     bad = [p for p in pairs if len(p) != 2 or not set(p) <= set(methods.METHODS)]
@@ -132,7 +100,7 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     report.write_csv(os.path.join(_OUT.value, "grad_similarity.csv"), rows, COLUMNS)
-    plot(rows, os.path.join(_OUT.value, "grad_similarity.png"))
+    plotting.save(plotting.plot_grad_similarity(rows, overall_table(rows)), os.path.join(_OUT.value, "grad_similarity.png"))
     print(report.table(overall_table(rows), ["pair", "timesteps", "seeds", "mean", "min", "max"]))
     print(f"wrote {_OUT.value}/grad_similarity.csv, grad_similarity.png")
 

@@ -3,6 +3,8 @@
     plot_neuron(currents)              spike raster and membrane potentials of LIF neurons
     plot_eligibility_vs_bptt(x, c)     eligibility against the BPTT derivative of the rate
     plot_cost(rows)                    step time and compiled memory against T, per method
+    plot_grad_similarity(rows, table)  cosine to BPTT against T, and per layer
+    plot_firing_rates(rates)           firing rate per layer and time step
 """
 
 from __future__ import annotations
@@ -105,6 +107,52 @@ def plot_cost(rows: Sequence[dict], title: str = "") -> plt.Figure:
     return fig
 
 
+def plot_grad_similarity(rows: Sequence[dict], overall: Sequence[dict]) -> plt.Figure:
+    """Left: overall cosine against T per method pair (mean over seeds, min-max bars);
+    right: per-layer cosine in network order for the first pair, one line per T.
+
+    rows: {"model", "pair", "timesteps", "layer", "cosine"} (experiments.grad_similarity's CSV);
+    overall: {"pair", "timesteps", "mean", "min", "max"} per (pair, T).
+    """
+    fig, (ax_all, ax_layers) = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [1, 2]})
+    for pair in dict.fromkeys(r["pair"] for r in overall):
+        own = [r for r in overall if r["pair"] == pair]
+        ax_all.errorbar([r["timesteps"] for r in own], [r["mean"] for r in own], fmt="o-", label=pair, capsize=3,
+                        yerr=[[r["mean"] - r["min"] for r in own], [r["max"] - r["mean"] for r in own]])
+    ax_all.set(xlabel="timesteps T", ylabel="cosine similarity (all parameters)", ylim=(0, 1.02))
+    first_pair = rows[0]["pair"]
+    for t in dict.fromkeys(r["timesteps"] for r in rows):
+        layers = {}
+        for r in rows:
+            if r["pair"] == first_pair and r["timesteps"] == t and r["layer"] != "overall":
+                layers.setdefault(r["layer"], []).append(r["cosine"])
+        ax_layers.plot([float(np.mean(v)) for v in layers.values()], "o-", ms=3, label=f"T={t}")
+    ax_layers.set(xlabel="layer (network order, input → classifier)", ylabel=f"cosine ({first_pair})",
+                  ylim=(0, 1.02))
+    for ax in (ax_all, ax_layers):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(f"{rows[0]['model']}: gradient similarity to BPTT")
+    fig.tight_layout()
+    return fig
+
+
+def plot_firing_rates(rates: dict[str, np.ndarray], title: str = "") -> plt.Figure:
+    """Heat map of {layer: rate per step [T]} (layers × steps) and each layer's mean over T."""
+    grid = np.stack(list(rates.values()))  # [layers, T]
+    fig, (ax_map, ax_mean) = plt.subplots(1, 2, figsize=(12, max(3, 0.25 * len(rates) + 1.5)))
+    image = ax_map.imshow(grid, aspect="auto", cmap="viridis")
+    ax_map.set(xlabel="time step t", ylabel="LIF layer", xticks=range(grid.shape[1]),
+               xticklabels=range(1, grid.shape[1] + 1), yticks=range(len(rates)), yticklabels=list(rates))
+    fig.colorbar(image, ax=ax_map, label="firing rate")
+    ax_mean.barh(range(len(rates)), grid.mean(axis=1))
+    ax_mean.set(yticks=range(len(rates)), yticklabels=list(rates), xlabel="mean firing rate over T")
+    ax_mean.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path: str) -> None:
     """Writes fig as an image (format from the extension) and closes it."""
     fig.savefig(path, dpi=120)
@@ -112,4 +160,4 @@ def save(fig: plt.Figure, path: str) -> None:
 
 
 __all__ = ["membrane_and_spikes", "plot_neuron", "eligibility_and_bptt_derivative", "plot_eligibility_vs_bptt",
-           "plot_cost", "save"]
+           "plot_cost", "plot_grad_similarity", "plot_firing_rates", "save"]
