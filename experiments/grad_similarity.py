@@ -1,13 +1,15 @@
 """How close rate-based gradients are to BPTT's: cosine similarity per layer and overall (Fig. 3(d)).
 
-At initialisation, on random inputs:
+At initialisation, on random uniform images (SPEC oracle 4's setting):
     python -m experiments.grad_similarity --model resnet18 --timesteps 2,4,6 --seeds 0,1 --out DIR
 From a trained run (its model and T; a batch of its test split):
     python -m experiments.grad_similarity --config configs/digits.py --workdir runs/digits --out DIR
 
-For each T and seed, the parameter gradients of the methods of each pair
-(--pairs rate_m:bptt_m,rate_s:bptt_s) on one batch are compared: overall (all
-parameters as one vector) and per conv/linear layer in network order.
+For each T and seed, the weight gradients of the methods of each pair
+(--pairs rate_m:bptt_m,rate_s:bptt_s) on one batch are compared: overall (the
+kernels of all conv and linear layers as one vector) and per layer in network
+order. The reference's values at initialisation (SPEC oracle 4), rate_m vs
+bptt_m at T = 2 / 4 / 6: resnet18 0.46 / 0.37 / 0.35, vgg11 0.78 / 0.75 / 0.78.
 Writes DIR/grad_similarity.csv (model, pair, timesteps, seed, layer,
 cosine), DIR/grad_similarity.png (overall vs T; per layer) and prints the
 overall table (mean and spread over seeds).
@@ -57,7 +59,7 @@ def batches():
     model = models.create(_MODEL.value, num_classes=10, in_channels=c)
     for seed in (int(s) for s in _SEEDS.value):
         key = jax.random.key(seed)
-        images = jax.random.normal(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))
+        images = jax.random.uniform(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))  # as SPEC oracle 4
         labels = jax.random.randint(jax.random.fold_in(key, 2), (_BATCH.value,), 0, 10)
         for t in sorted(int(t) for t in _TIMESTEPS.value):
             variables = models.init(model, key, images, timesteps=t)
