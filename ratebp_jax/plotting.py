@@ -119,7 +119,7 @@ def plot_grad_similarity(rows: Sequence[dict], overall: Sequence[dict]) -> plt.F
         own = [r for r in overall if r["pair"] == pair]
         ax_all.errorbar([r["timesteps"] for r in own], [r["mean"] for r in own], fmt="o-", label=pair, capsize=3,
                         yerr=[[r["mean"] - r["min"] for r in own], [r["max"] - r["mean"] for r in own]])
-    ax_all.set(xlabel="timesteps T", ylabel="cosine similarity (all parameters)", ylim=(0, 1.02))
+    ax_all.set(xlabel="timesteps T", ylabel="cosine similarity (all conv/linear weights)", ylim=(0, 1.02))
     first_pair = rows[0]["pair"]
     for t in dict.fromkeys(r["timesteps"] for r in rows):
         layers = {}
