@@ -7,7 +7,12 @@ library's dtype discipline is checked too: float32 inputs must stay float32.
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=4")
+# 4 virtual devices share 2 cores with another xdist worker: a device can wait long for
+# its peers in a cross-device mean, and XLA:CPU aborts a collective that stays stuck
+# past its default timeout (a CI run died so), so the limit is raised to 10 minutes.
+XLA_FLAGS = ("--xla_force_host_platform_device_count=4 --xla_cpu_collective_timeout_seconds=600 "
+             "--xla_cpu_collective_call_terminate_timeout_seconds=600")
+os.environ.setdefault("XLA_FLAGS", XLA_FLAGS)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import jax  # noqa: E402

@@ -13,6 +13,8 @@ import sys
 import numpy as np
 import pytest
 
+import conftest
+
 import ratebp_jax.data as data
 from configs import cifar10_dvs_vggsnn
 from ratebp_jax import configuration
@@ -117,7 +119,7 @@ def test_smoke_variant_keeps_the_ten_frames():
 
 
 def run_cli(workdir, *flags):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": conftest.XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
     return subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/cifar10_dvs_vggsnn.py:smoke",
                            "--workdir", str(workdir), *flags], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)

@@ -13,6 +13,7 @@ import optax
 import pytest
 import tensorflow_datasets as tfds
 
+import conftest
 from configs import cifar10_resnet18, common, digits
 from ratebp_jax import checkpoint, configuration, data, train
 
@@ -144,7 +145,7 @@ def test_bad_config_values_are_named(field, value, message):
     ("--config.batch_size=6", "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
 ])
 def test_cli_rejects_bad_config_with_one_line(tmp_path, flag, message):
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": conftest.XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/digits.py",
                            "--workdir", str(tmp_path), flag], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
