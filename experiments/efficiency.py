@@ -24,6 +24,7 @@ compiling is cheap), so a slow method on a CPU does not take hours.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -66,14 +67,17 @@ def setup():
 
 
 def measure_isolated(method: str, timesteps: int, run: bool):
-    """analysis.StepCost of one measurement in a fresh Python process (the allocator's peak is then its own)."""
+    """(analysis.StepCost, device name) of one measurement in a fresh Python process, which has
+    the accelerator to itself (the allocator's peak is then this step's own)."""
     from ratebp_jax import analysis
 
     flag_names = ("model", "batch_size", "image_size", "dtype", "repeats")
     argv = [flags.FLAGS[name].serialize() for name in flag_names]
     proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
                            f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)
-    return analysis.StepCost(**json.loads(proc.stdout.strip().splitlines()[-1]))
+    fields = json.loads(proc.stdout.strip().splitlines()[-1])
+    device = fields.pop("device")
+    return analysis.StepCost(**fields), device
 
 
 def summarize(rows: list[dict]) -> dict:
@@ -101,12 +105,12 @@ def main(argv):
     report.quiet_library_logs()
     from ratebp_jax import analysis, methods, plotting
 
-    model, variables, images, labels = setup()
     if _ONE.value:
         method, timesteps, run = _ONE.value.split(":")
+        model, variables, images, labels = setup()
         cost = analysis.measure_cost(model, method, int(timesteps), run == "1", variables=variables, images=images,
                                      labels=labels, repeats=_REPEATS.value)
-        print(json.dumps(cost._asdict()))
+        print(json.dumps({**cost._asdict(), "device": report.device_name()}))
         return
     if not _OUT.value:
         raise app.UsageError("--out is required")
@@ -117,19 +121,27 @@ def main(argv):
     if not timesteps or min(timesteps) < 1:
         raise app.UsageError(f"--timesteps must be integers >= 1, got {_TIMESTEPS.value}")
 
+    device = {}
+    if _ISOLATE.value:  # this process never touches the accelerator: each measuring process has it alone
+
+        def measure_one(method, t, run):
+            cost, device["name"] = measure_isolated(method, t, run)
+            return cost
+    else:
+        model, variables, images, labels = setup()
+        device["name"] = report.device_name()
+        measure_one = functools.partial(analysis.measure_cost, model, variables=variables, images=images,
+                                        labels=labels, repeats=_REPEATS.value)
+
     def measure(method, t, run):
-        if _ISOLATE.value:
-            cost = measure_isolated(method, t, run)
-        else:
-            cost = analysis.measure_cost(model, method, t, run, variables=variables, images=images, labels=labels,
-                                         repeats=_REPEATS.value)
+        cost = measure_one(method, t, run)
         timed = "not timed" if cost.step_time_s is None else f"{cost.step_time_s:.4g} s"
         print(f"{method} T={t}: {timed}, {cost.temp_bytes / 2**20:.1f} MiB compiled temporaries", flush=True)
         return cost
 
-    rows = analysis.cost_sweep(model, variables, images, labels, timesteps=timesteps, methods=_METHODS.value,
-                               max_step_s=_MAX_STEP_S.value, measure=measure)
-    common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": report.device_name()}
+    rows = analysis.cost_sweep(timesteps=timesteps, methods=_METHODS.value, max_step_s=_MAX_STEP_S.value,
+                               measure=measure)
+    common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": device["name"]}
     rows = [{**common, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]
     os.makedirs(_OUT.value, exist_ok=True)
     report.write_csv(os.path.join(_OUT.value, "efficiency.csv"), rows, COLUMNS)

@@ -53,6 +53,8 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     report.quiet_library_logs()
+    from ratebp_jax import plotting
+
     config = _CONFIG.value
     try:
         rates = mean_firing_rates(config, _WORKDIR.value, _NUM_BATCHES.value)
@@ -65,8 +67,6 @@ def main(argv):
         rows += [{**base, "timestep": t + 1, "firing_rate": float(r)} for t, r in enumerate(per_step)]
         rows.append({**base, "timestep": "mean", "firing_rate": float(per_step.mean())})
     report.write_csv(os.path.join(_OUT.value, "firing_rates.csv"), rows, COLUMNS)
-    from ratebp_jax import plotting
-
     title = f"{config.model} ({config.method}, T={config.timesteps}) on {config.dataset}"
     plotting.save(plotting.plot_firing_rates(rates, title), os.path.join(_OUT.value, "firing_rates.png"))
     print(report.table([r for r in rows if r["timestep"] == "mean"], ["layer_index", "layer", "firing_rate"]))

@@ -61,8 +61,8 @@ def batches():
         key = jax.random.key(seed)
         images = jax.random.uniform(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))  # as SPEC oracle 4
         labels = jax.random.randint(jax.random.fold_in(key, 2), (_BATCH.value,), 0, 10)
+        variables = models.init(model, key, images, timesteps=1)  # the same parameters at every T
         for t in sorted(int(t) for t in _TIMESTEPS.value):
-            variables = models.init(model, key, images, timesteps=t)
             yield _MODEL.value, model, variables, images, labels, t, seed
 
 
@@ -102,8 +102,9 @@ def main(argv):
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
     report.write_csv(os.path.join(_OUT.value, "grad_similarity.csv"), rows, COLUMNS)
-    plotting.save(plotting.plot_grad_similarity(rows, overall_table(rows)), os.path.join(_OUT.value, "grad_similarity.png"))
-    print(report.table(overall_table(rows), ["pair", "timesteps", "seeds", "mean", "min", "max"]))
+    overall = overall_table(rows)
+    plotting.save(plotting.plot_grad_similarity(rows, overall), os.path.join(_OUT.value, "grad_similarity.png"))
+    print(report.table(overall, ["pair", "timesteps", "seeds", "mean", "min", "max"]))
     print(f"wrote {_OUT.value}/grad_similarity.csv, grad_similarity.png")
 
 

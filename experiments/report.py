@@ -35,11 +35,6 @@ def write_csv(path: str, rows: Sequence[dict], columns: Sequence[str]) -> None:
         writer.writerows([{k: "" if row.get(k) is None else row[k] for k in columns} for row in rows])
 
 
-def read_csv(path: str) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _cell(value) -> str:
     if value is None or value == "":
         return "-"

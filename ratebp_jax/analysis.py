@@ -23,7 +23,6 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from ratebp_jax import inputs, methods
@@ -176,19 +175,25 @@ def measure_cost(model: nn.Module, method: str, timesteps: int, run: bool, *, va
     return step_cost(model, method, variables, images, labels, timesteps=timesteps, run=run, repeats=repeats)
 
 
-def cost_sweep(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
-               timesteps: Sequence[int], methods: Sequence[str], repeats: int = 3, max_step_s: float = math.inf,
+def cost_sweep(model: nn.Module | None = None, variables: dict | None = None, images: jax.Array | None = None,
+               labels: jax.Array | None = None, *, timesteps: Sequence[int], methods: Sequence[str],
+               repeats: int = 3, max_step_s: float = math.inf,
                measure: Callable[[str, int, bool], StepCost] | None = None) -> list[dict]:
     """Cost of each method at each T, plus one no-grad forward step (method "forward", T = 1).
 
     A method whose step takes longer than max_step_s is not timed at larger T
-    (its memory still is: compiling is cheap). measure(method, T, run) -> StepCost
-    replaces the in-process measurement (e.g. by one in a fresh process).
+    (its memory still is: compiling is cheap). By default ``measure_cost`` of
+    (model, variables, images, labels) in this process; measure(method, T,
+    run) -> StepCost replaces it (e.g. one in a fresh process), and then the
+    model arguments are not needed.
     Returns rows {"method", "timesteps", "step_time_s", "compiled_temp_bytes",
     "argument_bytes", "output_bytes", "peak_bytes"} in measurement order.
     """
-    measure = measure or functools.partial(measure_cost, model, variables=variables, images=images, labels=labels,
-                                           repeats=repeats)
+    if measure is None:
+        if any(arg is None for arg in (model, variables, images, labels)):
+            raise ValueError("cost_sweep needs model, variables, images and labels, or a measure function")
+        measure = functools.partial(measure_cost, model, variables=variables, images=images, labels=labels,
+                                    repeats=repeats)
     rows = []
 
     def add(method: str, t: int, run: bool) -> StepCost:

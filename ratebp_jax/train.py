@@ -11,7 +11,6 @@ checkpoints at epoch ends, and resumes from the latest checkpoint when rerun.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 import os
@@ -83,15 +82,19 @@ def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dic
     Raises FileNotFoundError (naming the directory and the command to run) if
     the run has no such checkpoint.
     """
+    directory = os.path.join(workdir, "checkpoints")
+    if not os.path.isdir(os.path.join(directory, which)):  # checked first: Checkpoints would create it
+        raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
+                                f"python -m experiments.train --config CONFIG --workdir {workdir}")
     split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size, seed=config.seed,
                             data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
     model = create_model(config, split.num_classes, split.input_shape[-1], axis_name=None)
     state = create_train_state(config, model, np.zeros((1,) + tuple(split.input_shape), np.float32), 1)
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"))
+    checkpoints = Checkpoints(directory)
     restored = {"best": checkpoints.restore_best, "latest": checkpoints.restore_latest}[which](state)
     checkpoints.close()
     if restored is None:
-        raise FileNotFoundError(f"no {which} checkpoint in {os.path.join(workdir, 'checkpoints')}; train first: "
+        raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
                                 f"python -m experiments.train --config CONFIG --workdir {workdir}")
     state = restored[0]
     return model, {"params": state.params, "batch_stats": state.batch_stats}, split

@@ -51,6 +51,16 @@ def test_efficiency_writes_table_plot_and_summary(tmp_path):
     assert "| digits_vgg | rate_s  | 2         | 16         |" in stdout
 
 
+def test_efficiency_isolated_measures_in_fresh_processes(tmp_path):
+    """--isolate: every row comes from its own process; on the CPU there is no allocator peak."""
+    run("efficiency", "--model", "digits_vgg", "--timesteps", "1", "--methods", "rate_m", "--repeats", "1",
+        "--isolate", "--out", str(tmp_path))
+    rows = read(tmp_path / "efficiency.csv")
+    assert [(r["method"], r["timesteps"]) for r in rows] == [("forward", "1"), ("rate_m", "1")]
+    assert all(float(r["step_time_s"]) > 0 and r["device"].startswith("cpu") and r["peak_bytes"] == ""
+               for r in rows)
+
+
 def test_grad_similarity_at_initialisation(tmp_path):
     stdout = run("grad_similarity", "--model", "digits_vgg", "--timesteps", "1,3", "--seeds", "0,1",
                  "--pairs", "rate_m:bptt_m", "--out", str(tmp_path))
@@ -86,3 +96,4 @@ def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     assert proc.returncode == 2
     error, = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "no best checkpoint in" in error and "python -m experiments.train" in error
+    assert not (tmp_path / "checkpoints").exists()  # looking created nothing
