@@ -119,7 +119,7 @@ def test_smoke_variant_keeps_the_ten_frames():
 
 
 def run_cli(workdir, *flags):
-    env = {**os.environ, "XLA_FLAGS": conftest.XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
+    env = conftest.ONE_DEVICE_ENV
     return subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/cifar10_dvs_vggsnn.py:smoke",
                            "--workdir", str(workdir), *flags], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)

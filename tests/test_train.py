@@ -11,7 +11,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import tensorflow_datasets as tfds
 
 import conftest
 from configs import cifar10_resnet18, common, digits
@@ -81,14 +80,29 @@ def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
     assert written["epochs_done"] == 2 and written["train_time_s"] > 0
 
 
+MOCK_CIFAR_RUN = """
+import json, sys
+import tensorflow_datasets as tfds
+from configs import cifar10_resnet18
+from ratebp_jax import train
+
+config = cifar10_resnet18.get_config("smoke")
+config.data_dir = sys.argv[1] + "/tfds"
+with tfds.testing.mock_data(num_examples=32):
+    first = train.train_and_evaluate(config, sys.argv[1] + "/run")
+    config.max_steps = 3
+    resumed = train.train_and_evaluate(config, sys.argv[1] + "/run")
+print(json.dumps([first, resumed]))
+"""
+
+
 def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
-    config = cifar10_resnet18.get_config("smoke")
-    config.data_dir = str(tmp_path / "tfds")
-    with tfds.testing.mock_data(num_examples=32):
-        first = train.train_and_evaluate(config, str(tmp_path / "run"))
-        assert first["steps_done"] == 2 and np.isfinite(first["params_l2"])
-        config.max_steps = 3
-        resumed = train.train_and_evaluate(config, str(tmp_path / "run"))
+    """In a subprocess on one device (see conftest.ONE_DEVICE_ENV)."""
+    proc = subprocess.run([sys.executable, "-c", MOCK_CIFAR_RUN, str(tmp_path)], cwd=REPO, env=conftest.ONE_DEVICE_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    first, resumed = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert first["steps_done"] == 2 and np.isfinite(first["params_l2"])
     assert resumed["steps_done"] == 3 and resumed["params_l2"] != first["params_l2"]
 
 
