@@ -64,7 +64,8 @@ class LIF(nn.Module):
             v.value, spikes = neuron_lib.lif_step(v.value, x, self.neuron)
             return spikes
         # spike_step: the trace's sums go to RECORD, its carried state to MEMBRANE.
-        state = {name: self.variable(MEMBRANE, name, jnp.zeros_like, x) for name in ("v", "kappa")}
+        state = {"v": self.variable(MEMBRANE, "v", jnp.zeros_like, x),
+                 "kappa": self.variable(MEMBRANE, "kappa", ratebp.kappa_zeros_like, x, self.neuron)}
         sums = {name: self.variable(RECORD, name, jnp.zeros_like, x) for name in ("rate", "elig")}
         trace = ratebp.LIFTrace(state["v"].value, state["kappa"].value, sums["rate"].value, sums["elig"].value)
         trace, spikes = ratebp.lif_trace_step(trace, x, self.neuron)

@@ -24,7 +24,8 @@ class LIFTrace(NamedTuple):
     """What a spike pass carries per LIF neuron from one step to the next.
 
     v: membrane potential v_{t-1}.
-    kappa: λ·f_{t-1}·κ_{t-1}, so that κ_t = 1 + kappa (0 before the first step).
+    kappa: λ·f_{t-1}·κ_{t-1}, so that κ_t = 1 + kappa (0 before the first step);
+        a scalar where κ_t depends on t only (see kappa_zeros_like), else one per neuron.
     spike_sum: Σ s so far.      elig_sum: Σ κ·σ'(u − ϑ) so far.
     """
 
@@ -34,9 +35,17 @@ class LIFTrace(NamedTuple):
     elig_sum: jax.Array
 
     @classmethod
-    def zeros_like(cls, x: jax.Array) -> "LIFTrace":
+    def zeros_like(cls, x: jax.Array, neuron: LIFParams) -> "LIFTrace":
         zero = jnp.zeros_like(x)
-        return cls(zero, zero, zero, zero)
+        return cls(zero, kappa_zeros_like(x, neuron), zero, zero)
+
+
+def kappa_zeros_like(x: jax.Array, neuron: LIFParams) -> jax.Array:
+    """The initial LIFTrace.kappa: zeros like x, or one scalar zero where κ_t = Σ_{k<t} λ^k
+    is the same for every neuron (soft reset, detached), so that the spike pass carries
+    one tensor less per LIF layer."""
+    uniform = neuron.reset == "soft" and neuron.detach_reset
+    return jnp.zeros((), x.dtype) if uniform else jnp.zeros_like(x)
 
 
 def _kappa_factor(u, s, sg, neuron: LIFParams):
@@ -79,7 +88,7 @@ def lif_spike_pass(x: jax.Array, neuron: LIFParams) -> tuple[jax.Array, jax.Arra
     """
     check_time_major(x)
     step = functools.partial(lif_trace_step, neuron=neuron)
-    trace, spikes = jax.lax.scan(step, LIFTrace.zeros_like(x[0]), x)
+    trace, spikes = jax.lax.scan(step, LIFTrace.zeros_like(x[0], neuron), x)
     num_steps = x.shape[0]
     return spikes, trace.spike_sum / num_steps, trace.elig_sum / num_steps
 

@@ -1,5 +1,7 @@
 """LIF and BatchNorm modules in each mode, against the functional core and PyTorch's rules."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,9 +23,10 @@ def scan_steps(module, variables, xs, mode, collections):
     return jax.lax.scan(step, state, xs)
 
 
-def test_lif_modes_agree_with_the_functional_core():
+@pytest.mark.parametrize("reset,detach_reset", itertools.product(("soft", "hard"), (True, False)))
+def test_lif_modes_agree_with_the_functional_core(reset, detach_reset):
     x = jnp.asarray(np.random.default_rng(0).normal(0.7, 0.6, size=(5, 4, 3)))  # [T, B, N]
-    neuron = rbp.LIFParams(decay=0.3, reset="hard", detach_reset=False)
+    neuron = rbp.LIFParams(decay=0.3, reset=reset, detach_reset=detach_reset)
     lif = layers.LIF(neuron)
     np.testing.assert_array_equal(lif.apply({}, x, mode="bptt"), rbp.lif_scan(x, neuron))
     spikes, state = lif.apply({}, x, mode="spike", mutable=[layers.RECORD])
@@ -36,6 +39,9 @@ def test_lif_modes_agree_with_the_functional_core():
     np.testing.assert_array_equal(step_spikes, spikes)
     np.testing.assert_allclose(state[layers.RECORD]["rate"] / 5, rate, rtol=1e-15)
     np.testing.assert_allclose(state[layers.RECORD]["elig"] / 5, elig, rtol=1e-14)
+    # κ is carried as one scalar where it is the same for every neuron (soft reset, detached)
+    kappa_shape = () if (reset, detach_reset) == ("soft", True) else x.shape[1:]
+    assert state[layers.MEMBRANE]["kappa"].shape == kappa_shape
     _, step_spikes = scan_steps(lif, {}, x, "bptt_step", [layers.MEMBRANE])
     np.testing.assert_array_equal(step_spikes, spikes)
 
