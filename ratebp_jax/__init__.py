@@ -9,11 +9,11 @@ registers the TFDS builders.
 """
 
 from ratebp_jax.neuron import RESETS, SURROGATES, LIFParams, lif_scan, lif_step, spike_fn, surrogate_grad
-from ratebp_jax.ratebp import batch_moments, lif_rate_stats, rate_grad, rate_moments
+from ratebp_jax.ratebp import batch_moments, lif_rate_stats, rate_batchnorm, rate_grad, rate_moments
 
 __all__ = [
     "RESETS", "SURROGATES", "LIFParams", "lif_scan", "lif_step", "spike_fn", "surrogate_grad",
-    "batch_moments", "lif_rate_stats", "rate_grad", "rate_moments",
+    "batch_moments", "lif_rate_stats", "rate_batchnorm", "rate_grad", "rate_moments",
 ]
 __version__ = "0.1.0"
 

@@ -102,11 +102,13 @@ class BatchNorm(nn.Module):
         num_updates = self.variable("batch_stats", "count", jnp.zeros, (), jnp.int32)
         x_stats = x.astype(jnp.promote_types(x.dtype, stats_dtype))
 
+        if mode == "rate":
+            spike_var = 1 / self.get_variable(RECORD, "inv_var") - self.epsilon
+            y = ratebp.rate_batchnorm(x_stats, self.get_variable(RECORD, "mean"), spike_var, scale, bias,
+                                      self.epsilon, self.axis_name)
+            return y.astype(self.dtype or x.dtype)
         if mode == "eval":
             mean, var = running_mean.value, running_var.value
-        elif mode == "rate":
-            spike_var = 1 / self.get_variable(RECORD, "inv_var") - self.epsilon
-            mean, var = ratebp.rate_moments(x_stats, self.get_variable(RECORD, "mean"), spike_var, self.axis_name)
         else:
             mean, var = ratebp.batch_moments(x_stats, self.axis_name)
             if not self.is_initializing():

@@ -6,7 +6,7 @@ statistics of its input; then a rate pass with gradients through a graph with
 no time axis, in which a LIF layer outputs r with derivative e
 (``rate_grad``) and a BatchNorm layer normalises with the recorded statistics
 while its gradient flows through the statistics of the rate input
-(``rate_moments``).
+(``rate_moments``; ``rate_batchnorm`` is the whole layer with a lean backward).
 """
 
 from __future__ import annotations
@@ -173,3 +173,39 @@ def normalize(x: jax.Array, mean: jax.Array, var: jax.Array, scale: jax.Array, b
               epsilon: float) -> jax.Array:
     """γ (x − μ) / sqrt(σ² + ε) + β over the last axis."""
     return (x - mean) * jax.lax.rsqrt(var + epsilon) * scale + bias
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def rate_batchnorm(x: jax.Array, spike_mean: jax.Array, spike_var: jax.Array, scale: jax.Array, bias: jax.Array,
+                   epsilon: float, axis_name: str | None = None) -> jax.Array:
+    """The rate pass's BatchNorm: normalize(x, *rate_moments(x, spike_mean, spike_var)).
+
+    Same values and gradients as that composition (SPEC §3.2), with the
+    backward pass written out so that only x ([..., C]) is kept for it, not
+    the centred and normalised copies autodiff would keep. With
+    m = mean(x), r = 1 / sqrt(σ²_s + ε) and means over all axes but the last
+    (and over the devices of axis_name):
+        dx = γ r (g − mean(g) − r² mean(g (x − μ_s)) (x − m))
+    where the last term is dropped for channels with σ²_s = 0 (the relu of
+    rate_moments). spike_mean and spike_var [C] get no gradient.
+    """
+    return normalize(x, spike_mean, spike_var, scale, bias, epsilon)
+
+
+def _rate_batchnorm_fwd(x, spike_mean, spike_var, scale, bias, epsilon, axis_name):
+    y = normalize(x, spike_mean, spike_var, scale, bias, epsilon)
+    return y, (x, _mean(x, axis_name), spike_mean, spike_var, scale)
+
+
+def _rate_batchnorm_bwd(epsilon, axis_name, residuals, g):
+    x, x_mean, spike_mean, spike_var, scale = residuals
+    r = jax.lax.rsqrt(spike_var + epsilon)
+    sum_axes = tuple(range(x.ndim - 1))
+    centred = x - spike_mean
+    var_term = jnp.where(spike_var > 0, r * r * _mean(g * centred, axis_name), 0)
+    dx = scale * r * (g - _mean(g, axis_name) - var_term * (x - x_mean))
+    d_scale = jnp.sum(g * centred, axis=sum_axes) * r
+    return dx, jnp.zeros_like(spike_mean), jnp.zeros_like(spike_var), d_scale, jnp.sum(g, axis=sum_axes)
+
+
+rate_batchnorm.defvjp(_rate_batchnorm_fwd, _rate_batchnorm_bwd)

@@ -130,6 +130,55 @@ def test_rate_moments_values_and_gradients():
     np.testing.assert_allclose(g_rate, g_bn, rtol=1e-12)
 
 
+def _rate_bn_case(seed, shape):
+    """x, recorded statistics (channel 1 with σ²_s = 0), scale, bias and a loss weight."""
+    rng = np.random.default_rng(seed)
+    channels = shape[-1]
+    spike_var = jnp.asarray(rng.uniform(0.5, 2, size=channels)).at[1].set(0.0)
+    return (jnp.asarray(rng.normal(1, 2, size=shape)), jnp.asarray(rng.normal(size=channels)), spike_var,
+            jnp.asarray(rng.normal(size=channels)), jnp.asarray(rng.normal(size=channels)),
+            jnp.asarray(rng.normal(size=shape)))
+
+
+def _bn_loss(bn_fn, w):
+    return lambda x, scale, bias: jnp.sum(w * jnp.sin(bn_fn(x, scale, bias)))
+
+
+def test_rate_batchnorm_equals_autodiff_through_rate_moments():
+    x, spike_mean, spike_var, scale, bias, w = _rate_bn_case(4, (6, 3, 3, 3))
+
+    def composed(x, scale, bias):
+        return rbp.ratebp.normalize(x, *rbp.rate_moments(x, spike_mean, spike_var), scale, bias, 1e-5)
+
+    def fused(x, scale, bias):
+        return rbp.rate_batchnorm(x, spike_mean, spike_var, scale, bias, 1e-5)
+
+    np.testing.assert_allclose(fused(x, scale, bias), composed(x, scale, bias), rtol=1e-13, atol=1e-14)
+    want = jax.grad(_bn_loss(composed, w), argnums=(0, 1, 2))(x, scale, bias)
+    got = jax.grad(_bn_loss(fused, w), argnums=(0, 1, 2))(x, scale, bias)
+    for g, g_want in zip(got, want):
+        np.testing.assert_allclose(g, g_want, rtol=1e-11, atol=1e-12)
+    assert np.abs(want[0][..., 1]).max() > 0  # the σ²_s = 0 channel still passes a gradient to x
+
+
+def test_rate_batchnorm_gradient_is_global_under_pmap():
+    """Per-device input gradients under pmap (SyncBatchNorm) are the slices of the global-batch gradient."""
+    devices = jax.local_devices()[:4]
+    x, spike_mean, spike_var, scale, bias, w = _rate_bn_case(5, (8, 2, 2, 3))
+
+    def grads(x, w, axis_name):
+        fn = lambda x, scale, bias: rbp.rate_batchnorm(x, spike_mean, spike_var, scale, bias, 1e-5, axis_name)
+        return jax.grad(_bn_loss(fn, w), argnums=(0, 1, 2))(x, scale, bias)
+
+    split = lambda a: a.reshape((4, 2) + a.shape[1:])
+    dx, d_scale, d_bias = jax.pmap(lambda x, w: grads(x, w, "batch"), axis_name="batch", devices=devices)(
+        split(x), split(w))
+    want_dx, want_scale, want_bias = grads(x, w, None)
+    np.testing.assert_allclose(dx.reshape(x.shape), want_dx, rtol=1e-11, atol=1e-12)
+    np.testing.assert_allclose(d_scale.sum(0), want_scale, rtol=1e-11)  # per-device sums add up
+    np.testing.assert_allclose(d_bias.sum(0), want_bias, rtol=1e-11)
+
+
 def test_batch_moments_are_global_under_pmap():
     devices = jax.local_devices()[:4]
     assert len(devices) == 4, "conftest sets 4 CPU devices"
