@@ -10,7 +10,8 @@ A model is written once and called with a ``mode``:
   one time step, on tensors [B, ...], the membrane carried in MEMBRANE:
     "bptt_step"   one LIF step; BatchNorm on the statistics over B
     "spike_step"  as "bptt_step", and every layer adds its step's share to
-                  RECORD (sums over t; the caller divides them by T)
+                  RECORD (sums over t, in the dtypes the caller starts them
+                  with, e.g. integer spike counts; the caller divides them by T)
   no time axis, on the time-mean input [B, ...]:
     "rate"   LIF outputs the recorded rate with derivative elig; BatchNorm
              normalises with the recorded statistics (SPEC §3.2)

@@ -26,7 +26,7 @@ class LIFTrace(NamedTuple):
     v: membrane potential v_{t-1}.
     kappa: λ·f_{t-1}·κ_{t-1}, so that κ_t = 1 + kappa (0 before the first step);
         a scalar where κ_t depends on t only (see kappa_zeros_like), else one per neuron.
-    spike_sum: Σ s so far.      elig_sum: Σ κ·σ'(u − ϑ) so far.
+    spike_sum: Σ s so far (x's dtype, or an integer count).      elig_sum: Σ κ·σ'(u − ϑ) so far.
     """
 
     v: jax.Array
@@ -72,7 +72,7 @@ def lif_trace_step(trace: LIFTrace, x: jax.Array, neuron: LIFParams) -> tuple[LI
     next_trace = LIFTrace(
         v=reset_membrane(u, s, neuron),
         kappa=neuron.decay * _kappa_factor(u, s, sg, neuron) * kappa,
-        spike_sum=trace.spike_sum + s,
+        spike_sum=trace.spike_sum + s.astype(trace.spike_sum.dtype),
         elig_sum=trace.elig_sum + kappa * sg,
     )
     return next_trace, s

@@ -10,7 +10,7 @@ import optax
 import pytest
 
 import ratebp_jax as rbp
-from ratebp_jax import layers, models
+from ratebp_jax import layers, methods, models
 
 ALL_MODELS = models.NAMES
 STATIC_MODELS = [n for n in ALL_MODELS if n not in ("sew_resnet34", "preact_resnet34")]  # oracle 2 holds
@@ -188,6 +188,22 @@ def test_static_images_equal_a_sequence_of_repeated_frames():
         np.testing.assert_allclose(static.loss, seq.loss, rtol=1e-13)
         assert relative_error(static.grads, seq.grads) <= 1e-12, method
         assert relative_error(static.batch_stats, seq.batch_stats) <= 1e-12
+
+
+def test_rate_s_spike_counts_are_exact(monkeypatch):
+    """rate_s carries the spike sums as uint8 counts for 1 < T < 256; the step is the one with float sums."""
+    sums = {"spike0": {"rate": jnp.zeros(3), "elig": jnp.zeros(3)}, "bn0": {"mean": jnp.zeros(2)}}
+    assert methods._as_spike_counts(sums, 3)["spike0"]["rate"].dtype == jnp.uint8
+    assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(methods._as_spike_counts(sums, 3)["bn0"]))
+    for t in (1, 256):
+        assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(methods._as_spike_counts(sums, t)))
+    model, variables, images, labels = setup("digits_vgg", batch=4)
+    run = lambda: jax.jit(lambda v: rbp.run_method("rate_s", model, v, images, labels, timesteps=5))(variables)
+    counted = run()
+    monkeypatch.setattr(methods, "_as_spike_counts", lambda record_sums, timesteps: record_sums)
+    summed = run()
+    jax.tree.map(np.testing.assert_array_equal, counted, summed)
+    assert counted.grads["conv0"]["kernel"].dtype == jnp.float64
 
 
 def test_bad_arguments_name_the_argument():
