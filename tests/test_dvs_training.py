@@ -129,7 +129,7 @@ def run_cli(workdir, *flags):
 def test_dvs_config_trains_through_the_cli(prepared, tmp_path, method):
     data_dir, manual_dir, _ = prepared
     proc = run_cli(tmp_path, f"--config.data_dir={data_dir}", f"--config.manual_dir={manual_dir}",
-                   f"--config.method={method}")
+                   f"--config.method={method}", "--config.batch_size=2")  # batch 2: half the test's time
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)
