@@ -62,7 +62,7 @@ def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
 
 
 def test_rate_s_memory_is_flat_in_timesteps():
-    """rate_s at T = 8 needs within 5% of its T = 2 compiled memory; bptt_m's grows with T."""
+    """rate_s at T = 8 needs within 5% of its T = 1 and T = 2 compiled memory; bptt_m's grows with T."""
     model = models.create("resnet18", num_classes=10)
     images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((8,), jnp.int32)
@@ -71,9 +71,9 @@ def test_rate_s_memory_is_flat_in_timesteps():
     def temp_bytes(method, t):
         return analysis.step_cost(model, method, variables, images, labels, timesteps=t, run=False).temp_bytes
 
-    rate_s = [temp_bytes("rate_s", t) for t in (2, 8)]
+    rate_s = [temp_bytes("rate_s", t) for t in (1, 2, 8)]
     bptt_m = [temp_bytes("bptt_m", t) for t in (2, 8)]
-    assert rate_s[1] <= 1.05 * rate_s[0], rate_s
+    assert rate_s[2] <= 1.05 * min(rate_s[:2]), rate_s
     assert bptt_m[1] >= 2 * bptt_m[0], bptt_m
 
 
