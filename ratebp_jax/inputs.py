@@ -47,8 +47,11 @@ def first_step(images: jax.Array) -> jax.Array:
 
 
 def scan_over_time(step: Callable[[Any, jax.Array], tuple[Any, Any]], carry: Any, images: jax.Array,
-                   timesteps: int) -> tuple[Any, Any]:
-    """lax.scan of step(carry, x_t) over the T steps; a static image is not copied T times."""
+                   timesteps: int, *, unroll: bool = False) -> tuple[Any, Any]:
+    """lax.scan of step(carry, x_t) over the T steps; a static image is not copied T times.
+
+    unroll=True writes the T steps out as straight-line code (no XLA loop).
+    """
     if is_sequence(images):
-        return jax.lax.scan(step, carry, jnp.moveaxis(images, 1, 0))
-    return jax.lax.scan(lambda carry, _: step(carry, images), carry, None, length=timesteps)
+        return jax.lax.scan(step, carry, jnp.moveaxis(images, 1, 0), unroll=unroll)
+    return jax.lax.scan(lambda carry, _: step(carry, images), carry, None, length=timesteps, unroll=unroll)

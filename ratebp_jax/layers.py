@@ -1,9 +1,11 @@
-"""LIF and BatchNorm modules that know which pass they are in.
+"""LIF, BatchNorm, Conv and Dense modules that know which pass they are in.
 
 A model is written once and called with a ``mode``:
 
   multi-step, on time-major tensors [T, B, ...]:
     "bptt"   surrogate-gradient LIF scan; BatchNorm on the statistics over T·B
+    "bptt_remat"  as "bptt"; the model's blocks (Layers.block) recompute their
+             activations in the backward pass instead of storing them
     "spike"  the rate method's spike pass: as "bptt", and every layer records
              what the rate pass needs in the collection RECORD
     "eval"   LIF scan; BatchNorm on its running statistics
@@ -12,12 +14,16 @@ A model is written once and called with a ``mode``:
     "spike_step"  as "bptt_step", and every layer adds its step's share to
                   RECORD (sums over t, in the dtypes the caller starts them
                   with, e.g. integer spike counts; the caller divides them by T)
+    "ottt_step"   as "bptt_step", and every Conv/Dense fed by spikes keeps the
+                  presynaptic trace of its input in TRACE (â_t = λ â_{t-1} + x_t)
+                  and takes its weight gradient from it (OTTT, SPEC §3.4)
   no time axis, on the time-mean input [B, ...]:
     "rate"   LIF outputs the recorded rate with derivative elig; BatchNorm
              normalises with the recorded statistics (SPEC §3.2)
 
 Running BatchNorm statistics are updated by every mode with batch statistics
-("bptt", "spike" and the step modes), never by "rate" or "eval".
+("bptt", "spike" and the step modes), never by "rate" or "eval". Conv and
+Dense are flax's, with the same parameters; only "ottt_step" changes them.
 """
 
 from __future__ import annotations
@@ -25,17 +31,19 @@ from __future__ import annotations
 from typing import Any
 
 import flax.linen as nn
+from flax.linen.dtypes import promote_dtype
 import jax
 import jax.numpy as jnp
 
 from ratebp_jax import neuron as neuron_lib
-from ratebp_jax import ratebp
+from ratebp_jax import online, ratebp
 
-MULTI_STEP_MODES = ("bptt", "spike", "eval")
-STEP_MODES = ("bptt_step", "spike_step")
+MULTI_STEP_MODES = ("bptt", "bptt_remat", "spike", "eval")
+STEP_MODES = ("bptt_step", "spike_step", "ottt_step")
 MODES = MULTI_STEP_MODES + STEP_MODES + ("rate",)
 RECORD = "spike_record"  # per layer: rate/elig (LIF), mean/inv_var (BatchNorm)
 MEMBRANE = "membrane"    # per LIF layer: the state carried between time steps
+TRACE = "presynaptic_trace"  # per Conv/Dense fed by spikes, in "ottt_step": â_{t-1}
 
 
 def check_mode(mode: str) -> None:
@@ -51,7 +59,7 @@ class LIF(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mode: str) -> jax.Array:
         check_mode(mode)
-        if mode in ("bptt", "eval"):
+        if mode in ("bptt", "bptt_remat", "eval"):
             return neuron_lib.lif_scan(x, self.neuron)
         if mode == "spike":
             spikes, rate, elig = ratebp.lif_spike_pass(x, self.neuron)
@@ -60,7 +68,7 @@ class LIF(nn.Module):
             return spikes
         if mode == "rate":
             return ratebp.rate_grad(x, self.get_variable(RECORD, "rate"), self.get_variable(RECORD, "elig"))
-        if mode == "bptt_step":
+        if mode in ("bptt_step", "ottt_step"):
             v = self.variable(MEMBRANE, "v", jnp.zeros_like, x)
             v.value, spikes = neuron_lib.lif_step(v.value, x, self.neuron)
             return spikes
@@ -134,3 +142,61 @@ class BatchNorm(nn.Module):
         running_mean.value = m * running_mean.value + (1 - m) * batch_mean
         running_var.value = m * running_var.value + (1 - m) * unbiased_var
         num_updates.value += 1
+
+
+
+def _presynaptic_trace(module: nn.Module, x: jax.Array) -> jax.Array:
+    """â_t = trace_decay · â_{t-1} + x_t of x [B, ...], carried in TRACE; no gradient."""
+    trace = module.variable(TRACE, "input", jnp.zeros_like, x)
+    trace.value = module.trace_decay * trace.value + jax.lax.stop_gradient(x)
+    return trace.value
+
+
+def _as_function(module: nn.Module):
+    """The flax layer ``module`` (unbound) as a pure function (params, x) -> y."""
+    plain = module.clone(parent=None)
+    return lambda params, x: plain.apply({"params": params}, x, "eval")
+
+
+class Conv(nn.Conv):
+    """nn.Conv (same parameters) called as conv(x, mode).
+
+    In the step modes with gradients ("bptt_step", "ottt_step") it computes
+    the same values with online.conv, whose gradients equal autodiff's and
+    stay fast inside a time loop on XLA:CPU; in "ottt_step" a conv with
+    spiking_input takes its kernel gradient at the presynaptic trace of its
+    input x [B, H, W, C] (OTTT, SPEC §3.4). In the other modes it is nn.Conv.
+    """
+
+    spiking_input: bool = True   # False for a conv fed by real values (the image): OTTT uses x itself
+    trace_decay: float = 0.2     # λ of the presynaptic trace (the LIF decay)
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        check_mode(mode)
+        if mode not in ("bptt_step", "ottt_step") or not self.has_variable("params", "kernel"):
+            return super().__call__(x)  # (the second case: initialising, which creates the parameters)
+        grad_input = _presynaptic_trace(self, x) if mode == "ottt_step" and self.spiking_input else x
+        params = self.variables["params"]
+        x, kernel, grad_input = promote_dtype(x, params["kernel"], grad_input, dtype=self.dtype)
+        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
+        y = online.conv(x, kernel, grad_input, strides, tuple(map(tuple, self.padding)))
+        return y + params["bias"].astype(y.dtype) if self.use_bias else y
+
+
+class Dense(nn.Dense):
+    """nn.Dense (same parameters) called as dense(x, mode); in "ottt_step" a layer with
+    spiking_input takes its weight gradient at the presynaptic trace of its input
+    x [B, features] (OTTT, SPEC §3.4). In the other modes it is nn.Dense."""
+
+    spiking_input: bool = True
+    trace_decay: float = 0.2
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        check_mode(mode)
+        if mode != "ottt_step" or not self.spiking_input or not self.has_variable("params", "kernel"):
+            return super().__call__(x)
+        trace = _presynaptic_trace(self, x)
+        layer = _as_function(self)
+        return online.custom_weight_grad(layer, online.autodiff_weight_grad(layer), self.variables["params"], x, trace)

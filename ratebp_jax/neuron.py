@@ -123,9 +123,11 @@ def lif_step(v: jax.Array, x: jax.Array, neuron: LIFParams) -> tuple[jax.Array, 
 
 
 def check_time_major(x: jax.Array) -> None:
-    """Raises ValueError unless x is [T, ...] with T ≥ 1."""
+    """Raises ValueError unless x is floating-point currents [T, ...] with T ≥ 1."""
     if jnp.ndim(x) < 1 or x.shape[0] < 1:
         raise ValueError(f"x must be time-major [T, ...] with T >= 1, got shape {jnp.shape(x)}")
+    if not jnp.issubdtype(jnp.result_type(x), jnp.floating):
+        raise ValueError(f"x must be floating-point input currents, got dtype {jnp.result_type(x)}")
 
 
 def lif_scan(x: jax.Array, neuron: LIFParams | None = None, **neuron_kwargs) -> jax.Array:

@@ -56,7 +56,9 @@ def setup(name, dtype=jnp.float64, batch=3, seed=0, shape=None):
 
 @functools.partial(jax.jit, static_argnames=("model", "method", "timesteps"))
 def step(model, method, variables, images, labels, timesteps):
-    return rbp.run_method(method, model, variables, images, labels, timesteps=timesteps)
+    """One step of method; sltt_k backpropagates K = 1 step, drawn from key 0."""
+    options = dict(rng=jax.random.key(0), k=1) if method == "sltt_k" else {}
+    return rbp.run_method(method, model, variables, images, labels, timesteps=timesteps, **options)
 
 
 def relative_error(a, b):

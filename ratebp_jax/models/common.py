@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ratebp_jax.layers import LIF, BatchNorm
+from ratebp_jax.layers import LIF, BatchNorm, Conv, Dense
 from ratebp_jax.neuron import LIFParams
 
 Initializer = Callable[..., jax.Array]
@@ -39,13 +39,24 @@ class Layers:
     """How a model builds its layers: neuron settings, device axis and dtypes.
 
     dtype is the compute dtype; param_dtype the dtype of parameters and
-    running statistics (float32, or float64 for exact comparisons).
+    running statistics (float32, or float64 for exact comparisons). Every
+    layer is called as layer(x, mode); conv and dense say whether their input
+    comes from spiking neurons (spiking_input=False for the encoding layer
+    on the image and for layers on real-valued sums), which OTTT's mode needs.
     """
 
     neuron: LIFParams = LIFParams()
     axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+
+    def block(self, target: Callable | type[nn.Module], mode: str) -> Callable | type[nn.Module]:
+        """A block of a model: a Module class called as block(x, mode), or a function
+        f(module, x, mode) that creates its layers. In mode "bptt_remat" it is
+        wrapped in nn.remat, so that the backward pass recomputes the block's
+        activations from its input instead of storing them; otherwise it is target.
+        """
+        return nn.remat(target, static_argnums=(2,)) if mode == "bptt_remat" else target
 
     def lif(self, name: str) -> LIF:
         return LIF(self.neuron, name=name)
@@ -55,19 +66,21 @@ class Layers:
 
     def conv(self, features: int, kernel: int, *, in_features: int, stride: int = 1, padding: int | None = None,
              use_bias: bool, kernel_init: Initializer = torch_default_kernel,
-             bias_init: Initializer | None = None, name: str) -> nn.Conv:
+             bias_init: Initializer | None = None, spiking_input: bool = True, name: str) -> Conv:
         """A kernel×kernel conv with PyTorch's padding (kernel // 2 by default) and initialisation."""
         pad = kernel // 2 if padding is None else padding
-        return nn.Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
-                       use_bias=use_bias, kernel_init=kernel_init,
-                       bias_init=bias_init or torch_default_bias(in_features * kernel * kernel),
-                       dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        return Conv(features, (kernel, kernel), strides=stride, padding=((pad, pad), (pad, pad)),
+                    use_bias=use_bias, kernel_init=kernel_init,
+                    bias_init=bias_init or torch_default_bias(in_features * kernel * kernel),
+                    dtype=self.dtype, param_dtype=self.param_dtype, spiking_input=spiking_input,
+                    trace_decay=self.neuron.decay, name=name)
 
     def dense(self, features: int, *, in_features: int, kernel_init: Initializer = torch_default_kernel,
-              bias_init: Initializer | None = None, name: str) -> nn.Dense:
+              bias_init: Initializer | None = None, spiking_input: bool = True, name: str) -> Dense:
         """A linear layer with PyTorch's default initialisation unless told otherwise."""
-        return nn.Dense(features, kernel_init=kernel_init, bias_init=bias_init or torch_default_bias(in_features),
-                        dtype=self.dtype, param_dtype=self.param_dtype, name=name)
+        return Dense(features, kernel_init=kernel_init, bias_init=bias_init or torch_default_bias(in_features),
+                     dtype=self.dtype, param_dtype=self.param_dtype, spiking_input=spiking_input,
+                     trace_decay=self.neuron.decay, name=name)
 
 
 def check_channels(x: jax.Array, in_channels: int) -> None:

@@ -9,6 +9,10 @@ preact_resnet34: stem conv7×7/2 → BN → max-pool (no LIF); block = LIF →
 Both: stages 64, 128, 256, 512 × [3, 4, 6, 3], convs with bias, kaiming-normal
 (fan_out) conv weights, global average pool → linear. In the rate pass the
 max-pool acts on rates, as in the reference, so SPEC oracle 2 does not hold.
+For OTTT (mode "ottt_step") a layer's presynaptic trace is that of its own
+input: after sew_resnet34's stem, the trace of the max-pooled spikes (max
+does not commute with the trace); preact_resnet34's downsample convs and
+classifier read the real-valued residual stream, so they use the plain input.
 """
 
 from __future__ import annotations
@@ -32,25 +36,26 @@ class ImageNetBlock(nn.Module):
     preact: bool
     layers: Layers
 
-    def _conv(self, features, kernel, stride, in_features, name):
+    def _conv(self, features, kernel, stride, in_features, name, spiking_input=True):
         return self.layers.conv(features, kernel, in_features=in_features, stride=stride, use_bias=True,
-                                kernel_init=kaiming_normal_fan_out, name=name)
+                                kernel_init=kaiming_normal_fan_out, spiking_input=spiking_input, name=name)
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, mode: str) -> jax.Array:
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
         L, in_features = self.layers, x.shape[-1]
         conv1 = self._conv(self.features, 3, self.stride, in_features, "conv1")
         conv2 = self._conv(self.features, 3, 1, self.features, "conv2")
         if self.preact:
-            out = L.bn("bn1")(conv1(L.lif("spike1")(x, mode)), mode)
-            out = L.bn("bn2")(conv2(L.lif("spike2")(out, mode)), mode)
+            out = L.bn("bn1")(conv1(L.lif("spike1")(x, mode), mode), mode)
+            out = L.bn("bn2")(conv2(L.lif("spike2")(out, mode), mode), mode)
         else:
-            out = L.lif("spike1")(L.bn("bn1")(conv1(x), mode), mode)
-            out = L.lif("spike2")(L.bn("bn2")(conv2(out), mode), mode)
+            out = L.lif("spike1")(L.bn("bn1")(conv1(x, mode), mode), mode)
+            out = L.lif("spike2")(L.bn("bn2")(conv2(out, mode), mode), mode)
         identity = x
         if self.stride != 1 or in_features != self.features:
-            conv = self._conv(self.features, 1, self.stride, in_features, "downsample_conv")
-            identity = L.bn("downsample_bn")(conv(x), mode)
+            # SEW: x is a sum of spikes; pre-activation: the real-valued residual stream
+            conv = self._conv(self.features, 1, self.stride, in_features, "downsample_conv", not self.preact)
+            identity = L.bn("downsample_bn")(conv(x, mode), mode)
             if not self.preact:
                 identity = L.lif("downsample_spike")(identity, mode)
         return out + identity
@@ -70,7 +75,7 @@ class ImageNetResNet(nn.Module):
         check_channels(x, self.in_channels)
         L = self.layers
         x = L.conv(64, 7, in_features=x.shape[-1], stride=2, padding=3, use_bias=True,
-                   kernel_init=kaiming_normal_fan_out, name="conv1")(x)
+                   kernel_init=kaiming_normal_fan_out, spiking_input=False, name="conv1")(x, mode)
         x = L.bn("bn1")(x, mode)
         if not self.preact:
             x = L.lif("spike1")(x, mode)
@@ -78,8 +83,10 @@ class ImageNetResNet(nn.Module):
         for stage, (features, blocks) in enumerate(zip(STAGE_FEATURES, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = ImageNetBlock(features, stride, self.preact, L, name=f"layer{stage + 1}_{block}")(x, mode=mode)
-        return L.dense(self.num_classes, in_features=x.shape[-1], name="fc")(global_avg_pool(x))
+                block_cls = L.block(ImageNetBlock, mode)
+                x = block_cls(features, stride, self.preact, L, name=f"layer{stage + 1}_{block}")(x, mode)
+        return L.dense(self.num_classes, in_features=x.shape[-1], spiking_input=not self.preact,
+                       name="fc")(global_avg_pool(x), mode)
 
 
 def sew_resnet34(num_classes: int, layers: Layers, in_channels: int = 3) -> ImageNetResNet:

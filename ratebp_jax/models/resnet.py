@@ -24,16 +24,16 @@ class BasicBlock(nn.Module):
     layers: Layers
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, mode: str) -> jax.Array:
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
         L, in_features = self.layers, x.shape[-1]
-        out = L.conv(self.features, 3, in_features=in_features, stride=self.stride, use_bias=False, name="conv1")(x)
+        out = L.conv(self.features, 3, in_features=in_features, stride=self.stride, use_bias=False, name="conv1")(x, mode)
         out = L.lif("spike1")(L.bn("bn1")(out, mode), mode)
-        out = L.conv(self.features, 3, in_features=self.features, use_bias=False, name="conv2")(out)
+        out = L.conv(self.features, 3, in_features=self.features, use_bias=False, name="conv2")(out, mode)
         out = L.bn("bn2")(out, mode)
         shortcut = x
         if self.stride != 1 or in_features != self.features:
             shortcut = L.conv(self.features, 1, in_features=in_features, stride=self.stride, use_bias=False,
-                              name="shortcut_conv")(x)
+                              name="shortcut_conv")(x, mode)
             shortcut = L.bn("shortcut_bn")(shortcut, mode)
         return L.lif("spike2")(out + shortcut, mode)
 
@@ -57,17 +57,17 @@ class ResNet(nn.Module):
     def __call__(self, x: jax.Array, *, mode: str) -> jax.Array:
         check_channels(x, self.in_channels)
         L, stem_features = self.layers, self.stage_features[0]
-        x = L.conv(stem_features, 3, in_features=x.shape[-1], use_bias=False, name="conv0")(x)
+        x = L.conv(stem_features, 3, in_features=x.shape[-1], use_bias=False, spiking_input=False, name="conv0")(x, mode)
         x = L.lif("spike0")(L.bn("bn0")(x, mode), mode)
         for stage, (features, blocks) in enumerate(zip(self.stage_features, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = BasicBlock(features, stride, L, name=f"layer{stage + 1}_{block}")(x, mode=mode)
+                x = L.block(BasicBlock, mode)(features, stride, L, name=f"layer{stage + 1}_{block}")(x, mode)
         x = global_avg_pool(x)
         if self.hidden_features:
-            x = L.dense(self.hidden_features, in_features=x.shape[-1], name="fc1")(x)
+            x = L.dense(self.hidden_features, in_features=x.shape[-1], name="fc1")(x, mode)
             x = L.lif("spike_fc1")(x, mode)
-        return L.dense(self.num_classes, in_features=x.shape[-1], name="classifier")(x)
+        return L.dense(self.num_classes, in_features=x.shape[-1], name="classifier")(x, mode)
 
 
 def resnet18(num_classes: int, layers: Layers, in_channels: int = 3) -> ResNet:

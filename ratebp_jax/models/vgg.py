@@ -9,6 +9,7 @@ N(0, 0.5²) and biases 0, as in the reference.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import flax.linen as nn
@@ -29,6 +30,16 @@ POOLS = {"A": avg_pool, "AA": global_avg_pool, "AA3": lambda x: adaptive_avg_poo
 vgg_init = nn.initializers.normal(stddev=0.5)
 
 
+def conv_bn_lif(module: nn.Module, x: jax.Array, mode: str, *, layers: Layers, features: int,
+                index: int) -> jax.Array:
+    """conv{index} → bn{index} → spike{index}, layers of ``module`` (a block, Layers.block):
+    [..., H, W, C] -> [..., H, W, features]. The first conv reads the image."""
+    L = layers
+    x = L.conv(features, 3, in_features=x.shape[-1], use_bias=True, kernel_init=vgg_init,
+               bias_init=nn.initializers.zeros, spiking_input=index > 0, name=f"conv{index}")(x, mode)
+    return L.lif(f"spike{index}")(L.bn(f"bn{index}")(x, mode), mode)
+
+
 class VGG(nn.Module):
     """[..., H, W, C] -> logits [..., num_classes]; features: a config of FEATURES."""
 
@@ -46,14 +57,13 @@ class VGG(nn.Module):
             if isinstance(item, str):
                 x = POOLS[item](x)
                 continue
-            x = L.conv(item, 3, in_features=x.shape[-1], use_bias=True, kernel_init=vgg_init, bias_init=zeros,
-                       name=f"conv{convs}")(x)
-            x = L.lif(f"spike{convs}")(L.bn(f"bn{convs}")(x, mode), mode)
+            block = functools.partial(conv_bn_lif, layers=L, features=item, index=convs)
+            x = L.block(block, mode)(self, x, mode)
             convs += 1
         if self.features[-1] != "AA":  # still [..., H, W, C]
             x = flatten(x)
         return L.dense(self.num_classes, in_features=x.shape[-1], kernel_init=vgg_init, bias_init=zeros,
-                       name="classifier")(x)
+                       name="classifier")(x, mode)
 
 
 def vgg(name: str):
