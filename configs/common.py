@@ -31,7 +31,8 @@ def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epoch
     config.manual_dir = ""              # where manually downloaded archives are (imagenet2012, cifar10_dvs)
     config.augment = True               # training-set augmentation of the recipe (SPEC §6)
     config.model = model                # a name of ratebp_jax.models.NAMES
-    config.method = method              # bptt_m | bptt_s | rate_m | rate_s
+    config.method = method              # bptt_m | bptt_s | rate_m | rate_s | sltt | sltt_k | ottt | bptt_remat
+    config.sltt_k = ml_collections.FieldReference(None, field_type=int)  # K of sltt_k: steps that backpropagate
     config.timesteps = timesteps        # T, simulation steps per example
     config.dtype = "float32"            # compute dtype: float32 | bfloat16 | float64
     config.batch_size = batch_size      # global training batch, split over all devices

@@ -42,6 +42,12 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
     _check(config.method in methods.METHODS, "method", config.method, f"must be one of {methods.METHODS}")
     _check(_is_int(config.timesteps) and config.timesteps >= 1, "timesteps", config.timesteps,
            "must be an integer >= 1")
+    if config.method == "sltt_k":
+        k = config.get("sltt_k")
+        _check(k is not None, "sltt_k", k, "method sltt_k needs K, the number of steps that backpropagate: "
+               f"set --config.sltt_k=K with 1 <= K <= timesteps ({config.timesteps})")
+        _check(_is_int(k) and 1 <= k <= config.timesteps, "sltt_k", k,
+               f"must be an integer with 1 <= sltt_k <= timesteps ({config.timesteps})")
     frames = (sequence_lengths or {}).get(config.dataset)
     _check(frames is None or config.timesteps == frames, "timesteps", config.timesteps,
            f"dataset {config.dataset!r} is a sequence of {frames} frames per example, used as given; "

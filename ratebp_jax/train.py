@@ -100,11 +100,17 @@ def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dic
     return model, {"params": state.params, "batch_stats": state.batch_stats}, split
 
 
-def train_step(state: TrainState, batch: dict, model, method: str, timesteps: int, dtype) -> tuple:
-    """One step on this device's batch {"image", "label"}; runs under pmap with axis "batch"."""
+def train_step(state: TrainState, batch: dict, model, method: str, timesteps: int, dtype, sltt_k: int | None,
+               seed: int) -> tuple:
+    """One step on this device's batch {"image", "label"}; runs under pmap with axis "batch".
+
+    sltt_k draws its K steps from a key of (seed, step number), the same on
+    every device: the same seed gives the same steps, and so does a resumed run.
+    """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
+    rng = jax.random.fold_in(jax.random.key(seed), state.step)
     out = methods.run_method(method, model, variables, batch["image"].astype(dtype), batch["label"],
-                             timesteps=timesteps)
+                             timesteps=timesteps, rng=rng, k=sltt_k)
     grads = jax.lax.pmean(out.grads, AXIS)
     state = state.apply_gradients(grads=grads).replace(batch_stats=out.batch_stats)
     accuracy = jnp.mean(jnp.argmax(out.logits, -1) == batch["label"])
@@ -126,7 +132,8 @@ def eval_step(state: TrainState, batch: dict, model, timesteps: int, dtype) -> d
 
 # Module-level so that JAX's compilation cache serves every run in a process (a resumed
 # run, a notebook's second run); the arguments after the batch are static.
-p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4, 5), donate_argnums=(0,))
+p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4, 5, 6, 7),
+                        donate_argnums=(0,))
 p_eval_step = jax.pmap(eval_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4))
 
 
@@ -230,7 +237,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
         epoch, start_step = divmod(step, steps_per_epoch)
         pending = None  # the previous step's metrics, read once the next step is queued
         for batch in train_split.epoch(epoch, start_step=start_step):
-            state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype)
+            state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype,
+                                          config.sltt_k, config.seed)
             if pending is not None:
                 log.step_done(*pending)
             step += 1

@@ -26,7 +26,7 @@ def tiny_digits_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("method", ["rate_m", "bptt_m"])
+@pytest.mark.parametrize("method", ["rate_m", "bptt_m", "sltt", "ottt"])
 def test_pmapped_step_equals_single_device_step(method):
     """4 devices × 2 examples == 1 device × 8 examples (float64, rel. error ≤ 1e-10)."""
     config = tiny_digits_config(method=method, dtype="float64")
@@ -39,7 +39,8 @@ def test_pmapped_step_equals_single_device_step(method):
     for devices in (4, 1):
         sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
         replicated = flax.jax_utils.replicate(state, jax.local_devices()[:devices])
-        new_state, metrics = train.p_train_step(replicated, sharded, model, method, 2, jnp.dtype(jnp.float64))
+        new_state, metrics = train.p_train_step(replicated, sharded, model, method, 2, jnp.dtype(jnp.float64),
+                                                None, 0)
         results.append((train.unreplicate(new_state), train.unreplicate(metrics)))
     (multi, multi_metrics), (single, single_metrics) = results
     np.testing.assert_allclose(multi_metrics["loss"], single_metrics["loss"], rtol=1e-10)
@@ -137,7 +138,7 @@ def test_learning_rate_is_cosine_per_epoch_and_decay_skips_biases_and_batchnorm(
 @pytest.mark.parametrize("field,value,message", [
     ("dataset", "mnist", "config.dataset='mnist' is invalid: must be one of"),
     ("model", "resnet50", "config.model='resnet50' is invalid: must be one of"),
-    ("method", "ottt", "config.method='ottt' is invalid: must be one of ('bptt_m'"),
+    ("method", "otttt", "config.method='otttt' is invalid: must be one of ('bptt_m'"),
     ("timesteps", 0, "config.timesteps=0 is invalid: must be an integer >= 1"),
     ("batch_size", 6, "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
     ("optimizer.learning_rate", -0.1, "config.optimizer.learning_rate=-0.1 is invalid: must be > 0"),
@@ -154,14 +155,33 @@ def test_bad_config_values_are_named(field, value, message):
     assert message in str(error.value)
 
 
-@pytest.mark.parametrize("flag,message", [
-    ("--config.method=rate", "config.method='rate' is invalid: must be one of ('bptt_m', 'bptt_s', 'rate_m', 'rate_s')"),
-    ("--config.batch_size=6", "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
+@pytest.mark.parametrize("k,message", [
+    (None, "config.sltt_k=None is invalid: method sltt_k needs K, the number of steps that backpropagate: "
+           "set --config.sltt_k=K with 1 <= K <= timesteps (4)"),
+    (0, "config.sltt_k=0 is invalid: must be an integer with 1 <= sltt_k <= timesteps (4)"),
+    (5, "config.sltt_k=5 is invalid: must be an integer with 1 <= sltt_k <= timesteps (4)"),
 ])
-def test_cli_rejects_bad_config_with_one_line(tmp_path, flag, message):
+def test_bad_sltt_k_is_named(k, message):
+    config = digits.get_config()
+    config.method, config.sltt_k = "sltt_k", k
+    with pytest.raises(configuration.ConfigError) as error:
+        configuration.validate(config, data.DATASETS)
+    assert str(error.value) == message
+    config.sltt_k = 4
+    configuration.validate(config, data.DATASETS)
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--config.method=rate"], "config.method='rate' is invalid: must be one of ('bptt_m', 'bptt_s', 'rate_m', "
+                               "'rate_s', 'sltt', 'sltt_k', 'ottt', 'bptt_remat')"),
+    (["--config.batch_size=6"], "config.batch_size=6 is invalid: must be a positive multiple of the device count (4)"),
+    (["--config.method=sltt_k", "--config.sltt_k=9"],
+     "config.sltt_k=9 is invalid: must be an integer with 1 <= sltt_k <= timesteps (4)"),
+])
+def test_cli_rejects_bad_config_with_one_line(tmp_path, flags, message):
     env = {**os.environ, "XLA_FLAGS": conftest.XLA_FLAGS, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/digits.py",
-                           "--workdir", str(tmp_path), flag], cwd=REPO, env=env, capture_output=True, text=True,
+                           "--workdir", str(tmp_path), *flags], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 2
     error_lines = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
