@@ -1,7 +1,7 @@
 """Time and memory of one training step against T, per method (the paper's Fig. 4).
 
     python -m experiments.efficiency --model resnet18 --batch_size 16 \
-        --timesteps 1,2,4,6,8 --methods bptt_m,bptt_s,rate_m,rate_s --out DIR
+        --timesteps 1,2,4,6,8 --methods all --out DIR
 
 For each method and T: the median wall time of the jitted step (forward and
 backward, after a warm-up call), XLA's compiled memory of the step
@@ -37,7 +37,9 @@ from experiments import report
 _MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.NAMES.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the step.")
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["1", "2", "4", "6", "8"], "Values of T.")
-_METHODS = flags.DEFINE_list("methods", ["bptt_m", "bptt_s", "rate_m", "rate_s"], "Training methods.")
+_METHODS = flags.DEFINE_list("methods", ["bptt_m", "bptt_s", "rate_m", "rate_s"],
+                             "Training methods (ratebp_jax.METHODS), or 'all'.")
+_SLTT_K = flags.DEFINE_integer("sltt_k", 1, "K of sltt_k (at most T).")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width (0: the model's own size).")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed calls per measurement (median reported).")
@@ -71,7 +73,7 @@ def measure_isolated(method: str, timesteps: int, run: bool):
     the accelerator to itself (the allocator's peak is then this step's own)."""
     from ratebp_jax import analysis
 
-    flag_names = ("model", "batch_size", "image_size", "dtype", "repeats")
+    flag_names = ("model", "batch_size", "image_size", "dtype", "repeats", "sltt_k")
     argv = [flags.FLAGS[name].serialize() for name in flag_names]
     proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
                            f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)
@@ -109,12 +111,13 @@ def main(argv):
         method, timesteps, run = _ONE.value.split(":")
         model, variables, images, labels = setup()
         cost = analysis.measure_cost(model, method, int(timesteps), run == "1", variables=variables, images=images,
-                                     labels=labels, repeats=_REPEATS.value)
+                                     labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
         print(json.dumps({**cost._asdict(), "device": report.device_name()}))
         return
     if not _OUT.value:
         raise app.UsageError("--out is required")
-    unknown = [m for m in _METHODS.value if m not in methods.METHODS]
+    method_names = list(methods.METHODS) if _METHODS.value == ["all"] else _METHODS.value
+    unknown = [m for m in method_names if m not in methods.METHODS]
     if unknown:
         raise app.UsageError(f"--methods: unknown {unknown}; allowed: {list(methods.METHODS)}")
     timesteps = [int(t) for t in _TIMESTEPS.value]
@@ -131,7 +134,7 @@ def main(argv):
         model, variables, images, labels = setup()
         device["name"] = report.device_name()
         measure_one = functools.partial(analysis.measure_cost, model, variables=variables, images=images,
-                                        labels=labels, repeats=_REPEATS.value)
+                                        labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
 
     def measure(method, t, run):
         cost = measure_one(method, t, run)
@@ -139,7 +142,7 @@ def main(argv):
         print(f"{method} T={t}: {timed}, {cost.temp_bytes / 2**20:.1f} MiB compiled temporaries", flush=True)
         return cost
 
-    rows = analysis.cost_sweep(timesteps=timesteps, methods=_METHODS.value, max_step_s=_MAX_STEP_S.value,
+    rows = analysis.cost_sweep(timesteps=timesteps, methods=method_names, max_step_s=_MAX_STEP_S.value,
                                measure=measure)
     common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": device["name"]}
     rows = [{**common, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]

@@ -34,6 +34,7 @@ _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at ini
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T (with --config: its T).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the initial parameters and the random batch.")
 _PAIRS = flags.DEFINE_list("pairs", ["rate_m:bptt_m", "rate_s:bptt_s"], "Method pairs A:B to compare.")
+_SLTT_K = flags.DEFINE_integer("sltt_k", 1, "K of sltt_k (at most T; with --config: its sltt_k if set).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
 
 COLUMNS = ["model", "pair", "timesteps", "seed", "layer", "cosine"]
@@ -93,7 +94,8 @@ def main(argv):
     rows = []
     try:
         for name, model, variables, images, labels, t, seed in batches():
-            result = analysis.grad_similarity(model, variables, images, labels, timesteps=t, pairs=pairs)
+            k = (_CONFIG.value.get("sltt_k") if _CONFIG.value is not None else None) or _SLTT_K.value
+            result = analysis.grad_similarity(model, variables, images, labels, timesteps=t, pairs=pairs, k=k)
             for (a, b), cosines in result.items():
                 rows += [{"model": name, "pair": f"{a}:{b}", "timesteps": t, "seed": seed, "layer": layer,
                           "cosine": value} for layer, value in cosines.items()]

@@ -25,7 +25,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from ratebp_jax import inputs, methods
+from ratebp_jax import inputs
+from ratebp_jax import methods as methods_lib
 from ratebp_jax.layers import LIF
 
 
@@ -61,26 +62,37 @@ def cosine(a: Any, b: Any) -> float:
     return float(a @ b / np.sqrt((a @ a) * (b @ b)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames="timesteps")
+SLTT_K_KEY = 0  # the key sltt_k's steps are drawn from in these measurements (the K drawn steps vary per seed)
+
+
+def method_options(method: str, k: int | None, timesteps: int) -> dict:
+    """run_method's rng (key SLTT_K_KEY) and k (at most T) for sltt_k; none for the other methods."""
+    if method != "sltt_k":
+        return {}
+    return dict(rng=jax.random.key(SLTT_K_KEY), k=None if k is None else min(k, timesteps))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("timesteps", "k"))
 def _grads(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
-           timesteps: int) -> Any:
-    return methods.run_method(method, model, variables, images, labels, timesteps=timesteps).grads
+           timesteps: int, k: int | None = None) -> Any:
+    return methods_lib.run_method(method, model, variables, images, labels, timesteps=timesteps,
+                                  **method_options(method, k, timesteps)).grads
 
 
 def grad_similarity(model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *, timesteps: int,
                     pairs: Sequence[tuple[str, str]] = (("rate_m", "bptt_m"), ("rate_s", "bptt_s")),
-                    ) -> dict[tuple[str, str], dict[str, float]]:
+                    k: int | None = None) -> dict[tuple[str, str], dict[str, float]]:
     """Cosine similarity of the weight gradients of two methods on one batch (SPEC oracle 4).
 
     Returns, per pair (a, b) of METHODS: {"overall": cosine over the weights
     (kernels) of all conv and linear layers as one vector, then per layer in
     network order: cosine of that layer's kernel}. Biases and BatchNorm
-    parameters are left out, as in the paper's measurement.
+    parameters are left out, as in the paper's measurement. k: sltt_k's K.
     """
     layers = call_order(model, variables, images, timesteps=timesteps, kinds=(nn.Conv, nn.Dense))
     kernels = {}
     for method in {m for pair in pairs for m in pair}:
-        grads = jax.device_get(_grads(method, model, variables, images, labels, timesteps=timesteps))
+        grads = jax.device_get(_grads(method, model, variables, images, labels, timesteps=timesteps, k=k))
         kernels[method] = {layer: subtree(grads, layer)["kernel"] for layer in layers}
     result = {}
     for a, b in pairs:
@@ -146,14 +158,15 @@ def _cost(compiled, args, *, run: bool, repeats: int) -> StepCost:
 
 
 def step_cost(model: nn.Module, method: str, variables: dict, images: jax.Array, labels: jax.Array, *,
-              timesteps: int, run: bool = True, repeats: int = 3) -> StepCost:
+              timesteps: int, run: bool = True, repeats: int = 3, k: int | None = None) -> StepCost:
     """Time and memory of one jitted training step of ``method`` (forward and backward).
 
     run=False only compiles (memory without the wait); then the arguments may be
     jax.ShapeDtypeStruct. The step time is the median of ``repeats`` calls
-    after one warm-up call.
+    after one warm-up call. k: sltt_k's K.
     """
-    step = jax.jit(lambda v, x, y: methods.run_method(method, model, v, x, y, timesteps=timesteps))
+    options = method_options(method, k, timesteps)
+    step = jax.jit(lambda v, x, y: methods_lib.run_method(method, model, v, x, y, timesteps=timesteps, **options))
     compiled = step.lower(variables, images, labels).compile()
     return _cost(compiled, (variables, images, labels), run=run, repeats=repeats)
 
@@ -168,16 +181,16 @@ def forward_step_cost(model: nn.Module, variables: dict, images: jax.Array, *, r
 
 
 def measure_cost(model: nn.Module, method: str, timesteps: int, run: bool, *, variables: dict, images: jax.Array,
-                 labels: jax.Array, repeats: int = 3) -> StepCost:
+                 labels: jax.Array, repeats: int = 3, k: int | None = None) -> StepCost:
     """step_cost of ``method``, or forward_step_cost for method "forward" (then timesteps is 1)."""
     if method == "forward":
         return forward_step_cost(model, variables, images, run=run, repeats=repeats)
-    return step_cost(model, method, variables, images, labels, timesteps=timesteps, run=run, repeats=repeats)
+    return step_cost(model, method, variables, images, labels, timesteps=timesteps, run=run, repeats=repeats, k=k)
 
 
 def cost_sweep(model: nn.Module | None = None, variables: dict | None = None, images: jax.Array | None = None,
                labels: jax.Array | None = None, *, timesteps: Sequence[int], methods: Sequence[str],
-               repeats: int = 3, max_step_s: float = math.inf,
+               repeats: int = 3, max_step_s: float = math.inf, k: int | None = None,
                measure: Callable[[str, int, bool], StepCost] | None = None) -> list[dict]:
     """Cost of each method at each T, plus one no-grad forward step (method "forward", T = 1).
 
@@ -185,7 +198,7 @@ def cost_sweep(model: nn.Module | None = None, variables: dict | None = None, im
     (its memory still is: compiling is cheap). By default ``measure_cost`` of
     (model, variables, images, labels) in this process; measure(method, T,
     run) -> StepCost replaces it (e.g. one in a fresh process), and then the
-    model arguments are not needed.
+    model arguments are not needed. k: sltt_k's K (min(k, T) at each T).
     Returns rows {"method", "timesteps", "step_time_s", "compiled_temp_bytes",
     "argument_bytes", "output_bytes", "peak_bytes"} in measurement order.
     """
@@ -193,7 +206,7 @@ def cost_sweep(model: nn.Module | None = None, variables: dict | None = None, im
         if any(arg is None for arg in (model, variables, images, labels)):
             raise ValueError("cost_sweep needs model, variables, images and labels, or a measure function")
         measure = functools.partial(measure_cost, model, variables=variables, images=images, labels=labels,
-                                    repeats=repeats)
+                                    repeats=repeats, k=k)
     rows = []
 
     def add(method: str, t: int, run: bool) -> StepCost:

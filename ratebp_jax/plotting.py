@@ -107,6 +107,28 @@ def plot_cost(rows: Sequence[dict], title: str = "") -> plt.Figure:
     return fig
 
 
+def plot_comparison(rows: Sequence[dict], title: str = "") -> plt.Figure:
+    """Final test accuracy (mean ± std over seeds) against step time and against compiled memory.
+
+    rows: experiments.compare's per-method rows (method, test_accuracy,
+    test_accuracy_std, step_time_s, compiled_temp_bytes).
+    """
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, field, scale, label in ((axes[0], "step_time_s", 1000, "step time (ms, median)"),
+                                    (axes[1], "compiled_temp_bytes", 2**-20, "compiled temporaries (MiB)")):
+        for r in rows:
+            x = float(r[field]) * scale
+            ax.errorbar(x, float(r["test_accuracy"]), yerr=float(r["test_accuracy_std"]), fmt="o", capsize=3)
+            ax.annotate(r["method"], (x, float(r["test_accuracy"])), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+        ax.set(xlabel=label)
+        ax.grid(alpha=0.3)
+    axes[0].set(ylabel="final test accuracy (%)")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def plot_grad_similarity(rows: Sequence[dict], overall: Sequence[dict]) -> plt.Figure:
     """Left: overall cosine against T per method pair (mean over seeds, min-max bars);
     right: per-layer cosine in network order for the first pair, one line per T.
@@ -160,4 +182,4 @@ def save(fig: plt.Figure, path: str) -> None:
 
 
 __all__ = ["membrane_and_spikes", "plot_neuron", "eligibility_and_bptt_derivative", "plot_eligibility_vs_bptt",
-           "plot_cost", "plot_grad_similarity", "plot_firing_rates", "save"]
+           "plot_cost", "plot_comparison", "plot_grad_similarity", "plot_firing_rates", "save"]

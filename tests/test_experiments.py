@@ -97,3 +97,25 @@ def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     error, = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert "no best checkpoint in" in error and "python -m experiments.train" in error
     assert not (tmp_path / "checkpoints").exists()  # looking created nothing
+
+
+def test_compare_trains_every_method_and_seed_and_tabulates(tmp_path):
+    """Two methods × two seeds of the smoke digits config: runs, their mean ± std, the step's cost."""
+    stdout = run("compare", "--config", "configs/digits.py:smoke", "--methods", "rate_m,sltt_k", "--seeds", "0,1",
+                 "--repeats", "1", "--out", str(tmp_path))
+    assert "=== run 4/4: sltt_k, seed 1" in stdout
+    runs = read(tmp_path / "compare_runs.csv")
+    assert [(r["method"], r["seed"]) for r in runs] == [("rate_m", "0"), ("rate_m", "1"), ("sltt_k", "0"),
+                                                       ("sltt_k", "1")]
+    for r in runs:
+        with open(tmp_path / "runs" / f"{r['method']}_seed{r['seed']}" / "results.json") as f:
+            assert float(r["test_accuracy"]) == json.load(f)["test_accuracy"]
+    rows = read(tmp_path / "compare.csv")
+    assert [r["method"] for r in rows] == ["rate_m", "sltt_k"]
+    for row in rows:
+        accuracies = [float(r["test_accuracy"]) for r in runs if r["method"] == row["method"]]
+        np.testing.assert_allclose(float(row["test_accuracy"]), np.mean(accuracies))
+        np.testing.assert_allclose(float(row["test_accuracy_std"]), np.std(accuracies))
+        assert float(row["step_time_s"]) > 0 and int(row["compiled_temp_bytes"]) > 0
+    assert (tmp_path / "compare.png").stat().st_size > 10_000
+    assert "| sltt_k |" in (tmp_path / "compare.md").read_text() and "| rate_m |" in stdout
