@@ -157,11 +157,11 @@ def operation_counts(model: nn.Module, variables: dict, images: jax.Array, *, ti
       acs, macs      the spiking network's operations: at each step, for each
                      output element, one per nonzero input in its receptive
                      field (padding is no input). ACs if every input of the
-                     layer in this batch is 0 or 1 (spikes), else MACs, with
-                     acs = 0: the encoding conv on the image (a static image is
-                     fed at every step, so T times), a layer after an average
-                     pool (its inputs are fractions of spikes), a sum of spikes
-                     (sew_resnet34's ADD gives 2s)
+                     layer in this batch is 0 or 1 (spikes, or a binary image),
+                     else MACs (and acs = 0): the encoding conv on the image (a
+                     static image is fed at every step, so T times), a layer
+                     after an average pool (its inputs are fractions of
+                     spikes), a sum of spikes (sew_resnet34's ADD gives 2s)
       ann_macs       the same layer on a real input with no zeros, once per
                      image: the ANN of the same architecture
       energy_pj      acs · e_ac_pj + macs · e_mac_pj
