@@ -159,7 +159,7 @@ def _as_function(module: nn.Module):
 
 
 class Conv(nn.Conv):
-    """nn.Conv (same parameters) called as conv(x, mode).
+    """nn.Conv (same parameters) called as conv(x, mode); conv(x) is conv(x, "eval").
 
     In the step modes with gradients ("bptt_step", "ottt_step") it computes
     the same values with online.conv, whose gradients equal autodiff's and
@@ -172,7 +172,7 @@ class Conv(nn.Conv):
     trace_decay: float = 0.2     # λ of the presynaptic trace (the LIF decay)
 
     @nn.compact
-    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+    def __call__(self, x: jax.Array, mode: str = "eval") -> jax.Array:
         check_mode(mode)
         if mode not in ("bptt_step", "ottt_step") or not self.has_variable("params", "kernel"):
             return super().__call__(x)  # (the second case: initialising, which creates the parameters)
@@ -193,7 +193,7 @@ class Dense(nn.Dense):
     trace_decay: float = 0.2
 
     @nn.compact
-    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+    def __call__(self, x: jax.Array, mode: str = "eval") -> jax.Array:
         check_mode(mode)
         if mode != "ottt_step" or not self.spiking_input or not self.has_variable("params", "kernel"):
             return super().__call__(x)

@@ -5,6 +5,7 @@
     plot_cost(rows)                    step time and compiled memory against T, per method
     plot_grad_similarity(rows, table)  cosine to BPTT against T, and per layer
     plot_firing_rates(rates)           firing rate per layer and time step
+    plot_energy(rows)                  operations and energy per layer, SNN against its ANN
 """
 
 from __future__ import annotations
@@ -175,6 +176,32 @@ def plot_firing_rates(rates: dict[str, np.ndarray], title: str = "") -> plt.Figu
     return fig
 
 
+def plot_energy(rows: Sequence[dict], title: str = "") -> plt.Figure:
+    """Per layer (network order, top to bottom): operations per image (the SNN's ACs and MACs, the
+    ANN's MACs; log scale) and energy per image, SNN against ANN, with the totals in the legend.
+
+    rows: analysis.operation_counts's rows (layer, acs, macs, ann_macs, energy_pj, ann_energy_pj).
+    """
+    layers = [r["layer"] for r in rows]
+    y = np.arange(len(rows))
+    fig, (ax_ops, ax_energy) = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * len(rows) + 1.5)), sharey=True)
+    for offset, key, label in ((-0.27, "acs", "SNN ACs"), (0, "macs", "SNN MACs"), (0.27, "ann_macs", "ANN MACs")):
+        ax_ops.barh(y + offset, [float(r[key]) for r in rows], height=0.27,
+                    label=f"{label} (total {sum(float(r[key]) for r in rows) / 1e6:.3g} M)")
+    ax_ops.set(xscale="log", xlabel="operations per image", yticks=y, yticklabels=layers)
+    for offset, key, label in ((-0.2, "energy_pj", "SNN"), (0.2, "ann_energy_pj", "ANN")):
+        energy = [float(r[key]) / 1e6 for r in rows]
+        ax_energy.barh(y + offset, energy, height=0.4, label=f"{label} (total {sum(energy):.3g} µJ)")
+    ax_energy.set(xlabel="energy per image (µJ)")
+    for ax in (ax_ops, ax_energy):
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=8)
+    ax_ops.invert_yaxis()
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: plt.Figure, path: str) -> None:
     """Writes fig as an image (format from the extension) and closes it."""
     fig.savefig(path, dpi=120)
@@ -182,4 +209,4 @@ def save(fig: plt.Figure, path: str) -> None:
 
 
 __all__ = ["membrane_and_spikes", "plot_neuron", "eligibility_and_bptt_derivative", "plot_eligibility_vs_bptt",
-           "plot_cost", "plot_comparison", "plot_grad_similarity", "plot_firing_rates", "save"]
+           "plot_cost", "plot_comparison", "plot_grad_similarity", "plot_firing_rates", "plot_energy", "save"]

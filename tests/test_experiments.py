@@ -89,6 +89,25 @@ def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
     assert "spike2" in stdout
 
 
+def test_energy_of_a_trained_run(trained, tmp_path):
+    stdout = run("energy", "--config", "configs/digits.py:smoke", "--workdir", trained, "--num_batches", "1",
+                 "--out", str(tmp_path))
+    rows = read(tmp_path / "energy.csv")
+    assert list(rows[0]) == ["model", "method", "timesteps", "layer_index", "layer", "input_rate", "acs", "macs",
+                             "ann_macs", "energy_pj", "ann_energy_pj"]
+    assert [r["layer"] for r in rows] == ["conv0", "conv1", "conv2", "classifier"]
+    # 3×3 convs on 8×8 and (after a 2×2 pool) 4×4, padding excluded: (3n - 2)² C_in C_out; the linear 128 × 10.
+    assert [float(r["ann_macs"]) for r in rows] == [22**2 * 32, 22**2 * 32 * 64, 10**2 * 64 * 128, 128 * 10]
+    # Only conv1 reads spikes; the image and the average-pooled spikes are real-valued.
+    assert all(float(r["acs"]) == 0 for r in rows if r["layer"] != "conv1") and float(rows[1]["macs"]) == 0
+    assert float(rows[0]["macs"]) == 2 * 22**2 * 32  # T = 2; a normalised digit has no zero pixel
+    snn, ann = (sum(float(r[k]) for r in rows) for k in ("energy_pj", "ann_energy_pj"))
+    with open(tmp_path / "energy.md") as f:
+        text = f.read()
+    assert f"SNN / ANN energy: {snn / ann:.3f}" in text and "| total " in text and text.strip() in stdout
+    assert (tmp_path / "energy.png").stat().st_size > 10_000
+
+
 def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.firing_rates", "--config", "configs/digits.py:smoke",
                            "--workdir", str(tmp_path), "--out", str(tmp_path)], cwd=REPO, capture_output=True,
