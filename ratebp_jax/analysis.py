@@ -134,12 +134,18 @@ def _layer_operations(model: nn.Module, variables: dict, images: jax.Array, *, t
     """{layer path: {"ops": int32 [T, B], "nonzero": int32 [T, B], "inputs", "ann_macs", "binary"}} of the
     eval pass: its operations, its nonzero inputs and inputs per step and example, its ANN MACs, whether
     every input is 0/1. A layer called twice is counted twice."""
-    calls = []
+    calls, calling = [], set()
 
     def capture(next_fun, args, kwargs, context):
-        if context.method_name == "__call__" and isinstance(context.module, opcount.KINDS):
-            calls.append(("/".join(context.module.path), context.module.clone(parent=None), args[0]))
-        return next_fun(*args, **kwargs)
+        path = "/".join(context.module.path)
+        if context.method_name != "__call__" or not isinstance(context.module, opcount.KINDS) or path in calling:
+            return next_fun(*args, **kwargs)  # (the last case: a pass-aware layer calling its flax __call__)
+        calls.append((path, context.module.clone(parent=None), args[0]))
+        calling.add(path)
+        try:
+            return next_fun(*args, **kwargs)
+        finally:
+            calling.discard(path)
 
     with nn.intercept_methods(capture):
         model.apply(variables, inputs.time_major(images, timesteps), mode="eval")
