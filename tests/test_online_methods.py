@@ -42,7 +42,7 @@ def per_step_loop(model, variables, images, labels, timesteps, *, detach_membran
     return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
 
 
-@pytest.mark.parametrize("name", ["digits_vgg", "resnet18"])
+@pytest.mark.parametrize("name", ["digits_vgg"])
 def test_oracle6_sltt_is_autodiff_with_detached_membranes(name):
     """SPEC oracle 6, float64, T = 3: sltt == autodiff of (1/T) Σ_t CE(o_t, y) through a
     per-step loop whose carried membranes are stop_gradient; a sequence input."""
@@ -56,7 +56,7 @@ def test_oracle6_sltt_is_autodiff_with_detached_membranes(name):
     assert relative_error(out.grads, bptt.grads) > 1e-3  # detaching the membranes does change the gradient
 
 
-@pytest.mark.parametrize("name", ["digits_vgg", "resnet18"])
+@pytest.mark.parametrize("name", ["digits_vgg"])
 def test_bptt_s_unrolled_equals_a_plain_loop(name):
     """bptt_s (time loop unrolled for XLA:CPU's sake) == autodiff through a plain Python loop."""
     model, variables, images, labels = setup(name, batch=3, shape=(8, 8, models.INPUT_SHAPES[name][-1]))
@@ -88,7 +88,7 @@ def test_sltt_k_backpropagates_the_drawn_steps_only():
     full = step(model, "sltt", variables, sequence, labels, 3)
     one_step = [one_step_sltt(model, variables, sequence, labels, jnp.arange(3) == t) for t in range(3)]
     drawn = set()
-    for seed in range(6):
+    for seed in range(4):
         rng = jax.random.key(seed)
         out = sltt_k_step("sltt_k", model, variables, sequence, labels, timesteps=3, rng=rng, k=1)
         t = int(jax.random.choice(rng, 3, (1,), replace=False)[0])
@@ -188,10 +188,8 @@ def test_oracle7_ottt_equals_the_trace_formula_in_numpy():
 
 @pytest.mark.parametrize("name", ["resnet18", "vgg11", "sew_resnet34"])
 def test_oracle5_bptt_remat_equals_bptt_m(name):
-    """SPEC oracle 5, float64, T = 4: jax.checkpoint changes no number (16×16 inputs; 32×32
-    for sew_resnet34, whose last stage is then 1×1)."""
-    shape = (32, 32, 3) if name == "sew_resnet34" else None
-    model, variables, images, labels = setup(name, batch=2, shape=shape)
+    """SPEC oracle 5, float64, T = 4: jax.checkpoint changes no number (16×16 inputs)."""
+    model, variables, images, labels = setup(name, batch=2)
     remat, bptt = (step(model, m, variables, images, labels, 4) for m in ("bptt_remat", "bptt_m"))
     np.testing.assert_allclose(remat.loss, bptt.loss, rtol=1e-12)
     assert relative_error(remat.grads, bptt.grads) <= 1e-10
