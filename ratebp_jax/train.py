@@ -87,7 +87,7 @@ def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dic
         raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
                                 f"python -m experiments.train --config CONFIG --workdir {workdir}")
     split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size, seed=config.seed,
-                            data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+                            data_dir=config.data_dir or None)
     model = create_model(config, split.num_classes, split.input_shape[-1], axis_name=None)
     state = create_train_state(config, model, np.zeros((1,) + tuple(split.input_shape), np.float32), 1)
     checkpoints = Checkpoints(directory)
@@ -195,13 +195,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Trains config.model on config.dataset with config.method; returns (and writes) results.json."""
     start = time.monotonic()
     configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
-    os.makedirs(workdir, exist_ok=True)
     process_batch = config.batch_size // jax.process_count()
-    split_args = dict(seed=config.seed, data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+    split_args = dict(seed=config.seed, data_dir=config.data_dir or None)
     train_split = data.make_split(config.dataset, train=True, batch_size=process_batch, augment=config.augment,
                                   **split_args)
     eval_split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size // jax.process_count(),
                                  **split_args)
+    os.makedirs(workdir, exist_ok=True)
     steps_per_epoch = train_split.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     if config.max_steps:

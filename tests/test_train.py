@@ -81,14 +81,14 @@ def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
 
 
 MOCK_CIFAR_RUN = """
-import json, sys
+import json, os, sys
 import tensorflow_datasets as tfds
 from configs import cifar10_resnet18
 from ratebp_jax import train
 
 config = cifar10_resnet18.get_config("smoke")
-config.data_dir = sys.argv[1] + "/tfds"
-with tfds.testing.mock_data(num_examples=32):
+with tfds.testing.mock_data(num_examples=32, data_dir=sys.argv[1] + "/tfds"):
+    os.makedirs(tfds.builder("cifar10").data_dir)  # prepared, as far as training can tell (conftest.prepared_mock_data)
     first = train.train_and_evaluate(config, sys.argv[1] + "/run")
     config.max_steps = 3
     resumed = train.train_and_evaluate(config, sys.argv[1] + "/run")
