@@ -156,6 +156,7 @@ def test_unprepared_data_stop_training_with_one_line_naming_the_prepare_command(
     assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # the T = 10 VGG, trained
 @pytest.mark.parametrize("method", ["rate_m", "bptt_m"])
 def test_dvs_config_trains_through_the_cli(prepared, tmp_path, method):
     data_dir, _, _ = prepared

@@ -16,6 +16,11 @@ ALL_MODELS = models.NAMES
 STATIC_MODELS = [n for n in ALL_MODELS if n not in ("sew_resnet34", "preact_resnet34")]  # oracle 2 holds
 
 
+def slow_unless(names, fast):
+    """``names`` as pytest parameters, those not in ``fast`` (the larger models) marked slow."""
+    return [name if name in fast else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
 def small_shape(name):
     """16×16 inputs (8×8 for digits): the oracles hold at any size, and the deepest
     models still keep at least 1×1 feature maps."""
@@ -65,7 +70,7 @@ def relative_error(a, b):
     return np.sqrt(num / sum(float(jnp.sum(jnp.square(y))) for y in b))
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", slow_unless(ALL_MODELS, fast=("digits_vgg", "vgg11")))
 def test_oracle1_rate_equals_bptt_at_one_timestep(name):
     """SPEC oracle 1, float64: at T = 1, rate_m == bptt_m and rate_s == bptt_s.
 
@@ -162,7 +167,7 @@ def test_bptt_matches_a_hand_written_network(method):
 
 # --- every model and method runs; bad arguments are named ----------------------------
 
-@pytest.mark.parametrize("name", ["resnet18", "vggsnn_dvs", "sew_resnet34"])
+@pytest.mark.parametrize("name", slow_unless(["resnet18", "vggsnn_dvs", "sew_resnet34"], fast=("vggsnn_dvs",)))
 def test_every_method_runs_in_float32(name):
     """Finite float32 gradients of static inputs at T = 2, on one model of each family (the
     layers, where dtypes are handled, are shared; every model runs in oracle 1 above).
@@ -179,6 +184,7 @@ def test_every_method_runs_in_float32(name):
         assert jax.tree.structure(out.batch_stats) == jax.tree.structure(variables["batch_stats"])
 
 
+@pytest.mark.slow  # every method, T = 4 (75 s of a loaded 2-core run)
 def test_static_images_equal_a_sequence_of_repeated_frames():
     """[B, H, W, C] repeated T times and the sequence [B, T, H, W, C] of copies train alike."""
     model, variables, images, labels = setup("digits_vgg", batch=4)

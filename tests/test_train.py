@@ -52,6 +52,7 @@ def test_pmapped_step_equals_single_device_step(method):
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
 
 
+@pytest.mark.slow  # three digits runs of 2 epochs
 def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
     config = tiny_digits_config()  # 5 steps per epoch, a checkpoint after each epoch
     uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -96,6 +97,7 @@ print(json.dumps([first, resumed]))
 """
 
 
+@pytest.mark.slow  # compiles ResNet-18's rate_m step
 def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
     """In a subprocess on one device (see conftest.ONE_DEVICE_ENV)."""
     proc = subprocess.run([sys.executable, "-c", MOCK_CIFAR_RUN, str(tmp_path)], cwd=REPO, env=conftest.ONE_DEVICE_ENV,

@@ -144,11 +144,6 @@ class Dataset:
     embedded: bool = False
 
 
-def default_manual_dir(builder) -> str:
-    """Where TFDS looks for manually downloaded files by default: DATA_DIR/downloads/manual."""
-    return os.path.join(builder.data_dir_root, "downloads", "manual")
-
-
 def prepare(dataset: Dataset, *, data_dir: str | None = None, manual_dir: str | None = None):
     """Downloads or builds ``dataset`` into data_dir with TFDS (its progress bars); returns the builder.
 
@@ -163,7 +158,7 @@ def prepare(dataset: Dataset, *, data_dir: str | None = None, manual_dir: str | 
     builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
     if builder.data_path.exists():
         return builder
-    manual_dir = manual_dir or default_manual_dir(builder)
+    manual_dir = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")  # TFDS's default
     instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
     if instructions and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
         raise DataNotFoundError(
