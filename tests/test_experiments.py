@@ -93,6 +93,7 @@ def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
     assert "spike2" in stdout
 
 
+@pytest.mark.slow  # a subprocess importing JAX and TF (40 s on a loaded 2-core run)
 def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.firing_rates", "--config", "configs/digits.py:smoke",
                            "--workdir", str(tmp_path), "--out", str(tmp_path)], cwd=REPO, capture_output=True,

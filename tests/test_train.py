@@ -108,6 +108,7 @@ def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
     assert resumed["steps_done"] == 3 and resumed["params_l2"] != first["params_l2"]
 
 
+@pytest.mark.slow  # a digits run to step 3
 def test_nan_loss_stops_with_the_step_named(tmp_path, monkeypatch):
     real_shard, calls = train.shard, []
 
