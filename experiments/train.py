@@ -5,10 +5,11 @@
 
 WORKDIR receives checkpoints/ (Orbax), TensorBoard event files and
 results.json. A bad config value stops the run before anything is compiled,
-with one line naming the field. For several hosts, start the same command on
-each with --distributed (JAX's jax.distributed.initialize: automatic on TPU
-pods and SLURM, else set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and
-JAX_PROCESS_ID).
+with one line naming the field; so does a dataset that is not prepared, with
+the directory searched and the command that prepares it (experiments.prepare).
+For several hosts, start the same command on each with --distributed (JAX's
+jax.distributed.initialize: automatic on TPU pods and SLURM, else set
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).
 """
 
 import sys
@@ -40,7 +41,11 @@ def main(argv):
     except configuration.ConfigError as error:
         print(f"error: {error}", file=sys.stderr)
         sys.exit(2)
-    results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    try:
+        results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    except data.DataNotFoundError as error:  # raised before the first step, by make_split
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     print(f"done: test accuracy {results['test_accuracy']:.2f}% (best {results['best_test_accuracy']:.2f}%), "
           f"{results['train_time_s']:.0f} s; results in {_WORKDIR.value}/results.json")
 

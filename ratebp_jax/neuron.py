@@ -106,6 +106,11 @@ def _spike_bwd(surrogate, alpha, z, g):
 spike_fn.defvjp(_spike_fwd, _spike_bwd)
 
 
+def charge(v: jax.Array, x: jax.Array, neuron: LIFParams) -> jax.Array:
+    """u_t = λ v_{t-1} + x_t: the potential charged by the input, before firing and reset (SPEC §1)."""
+    return neuron.decay * v + x
+
+
 def reset_membrane(u: jax.Array, s: jax.Array, neuron: LIFParams) -> jax.Array:
     """v_t from the charged potential u_t and the spike s_t (SPEC §1)."""
     if neuron.detach_reset:
@@ -117,7 +122,7 @@ def reset_membrane(u: jax.Array, s: jax.Array, neuron: LIFParams) -> jax.Array:
 
 def lif_step(v: jax.Array, x: jax.Array, neuron: LIFParams) -> tuple[jax.Array, jax.Array]:
     """One time step: (v_{t-1}, x_t) -> (v_t, s_t), all of one shape; differentiable."""
-    u = neuron.decay * v + x
+    u = charge(v, x, neuron)
     s = spike_fn(u - neuron.threshold, neuron.surrogate, neuron.alpha)
     return reset_membrane(u, s, neuron), s
 

@@ -27,7 +27,7 @@ def membrane_and_spikes(currents: jax.Array, neuron: neuron_lib.LIFParams | None
     neuron = neuron or neuron_lib.LIFParams()
 
     def step(v, x):
-        u = neuron.decay * v + x
+        u = neuron_lib.charge(v, x, neuron)
         v, s = neuron_lib.lif_step(v, x, neuron)
         return v, (u, s)
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ratebp_jax.neuron import LIFParams, as_lif_params, check_time_major, reset_membrane, surrogate_grad
+from ratebp_jax.neuron import LIFParams, as_lif_params, charge, check_time_major, reset_membrane, surrogate_grad
 
 
 class LIFTrace(NamedTuple):
@@ -64,7 +64,7 @@ def lif_trace_step(trace: LIFTrace, x: jax.Array, neuron: LIFParams) -> tuple[LI
     accumulates T times the derivative of the rate with respect to c.
     """
     x = jax.lax.stop_gradient(x)
-    u = neuron.decay * trace.v + x
+    u = charge(trace.v, x, neuron)
     z = u - neuron.threshold
     s = (z >= 0).astype(x.dtype)
     sg = surrogate_grad(z, neuron.surrogate, neuron.alpha)

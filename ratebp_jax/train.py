@@ -17,13 +17,14 @@ import os
 import time
 from typing import Any
 
-import flax.jax_utils
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
+from flax.jax_utils import replicate, unreplicate
 from flax.training import train_state
+from flax.training.common_utils import shard
 
 from ratebp_jax import configuration, data, methods, models
 from ratebp_jax.checkpoint import Checkpoints
@@ -32,6 +33,9 @@ AXIS = "batch"
 
 
 class TrainState(train_state.TrainState):
+    """Flax's TrainState plus the BatchNorm statistics. ``apply_fn`` stays None: the steps take
+    the model as a static argument, since a method needs the module itself, not its apply."""
+
     batch_stats: Any
 
 
@@ -66,10 +70,10 @@ def create_model(config, num_classes: int, in_channels: int, axis_name: str | No
 
 
 def create_train_state(config, model, images: np.ndarray, steps_per_epoch: int) -> TrainState:
-    """A fresh state; model: created without axis_name; images: [B, ...] like the training data."""
+    """A fresh state; model: created without axis_name, to initialise; images: [B, ...] like the training data."""
     images = jnp.asarray(images[:1], jnp.dtype(config.dtype))
     variables = models.init(model, jax.random.key(config.seed), images, timesteps=config.timesteps)
-    return TrainState.create(apply_fn=model.apply, params=variables["params"], batch_stats=variables["batch_stats"],
+    return TrainState.create(apply_fn=None, params=variables["params"], batch_stats=variables["batch_stats"],
                              tx=make_optimizer(config, steps_per_epoch))
 
 
@@ -87,7 +91,7 @@ def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dic
         raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
                                 f"python -m experiments.train --config CONFIG --workdir {workdir}")
     split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size, seed=config.seed,
-                            data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+                            data_dir=config.data_dir or None)
     model = create_model(config, split.num_classes, split.input_shape[-1], axis_name=None)
     state = create_train_state(config, model, np.zeros((1,) + tuple(split.input_shape), np.float32), 1)
     checkpoints = Checkpoints(directory)
@@ -137,17 +141,6 @@ p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(
 p_eval_step = jax.pmap(eval_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4))
 
 
-def unreplicate(tree: Any) -> Any:
-    """The first device's copy of a pmapped (replicated) tree."""
-    return jax.tree.map(lambda x: x[0], tree)
-
-
-def shard(batch: dict) -> dict:
-    """[B, ...] -> [local devices, B / local devices, ...]."""
-    n = jax.local_device_count()
-    return jax.tree.map(lambda x: x.reshape((n, -1) + x.shape[1:]), batch)
-
-
 def evaluate(state, split, model, timesteps: int, dtype, max_steps: int = 0) -> dict:
     """Top-1 and top-5 accuracy (in %) over the eval split (or its first max_steps batches);
     state is replicated over the local devices."""
@@ -170,45 +163,57 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class ProgressLog:
-    """Checks each finished step's loss; every log_every_steps prints a progress line with an
-    ETA and writes the metrics (TensorBoard event files in the workdir)."""
+    """Checks each finished step's loss; every log_every_steps and at each epoch's end prints a
+    progress line and writes the metrics (TensorBoard event files in the workdir).
 
-    def __init__(self, writer, config, total_steps: int, steps_per_epoch: int, workdir: str):
+    The line's steps/s is clu's ``ReportProgress`` measurement since its previous report (the
+    first one includes compilation), which it also writes to TensorBoard ("steps_per_sec",
+    "uptime"); the ETA is the remaining steps at that rate.
+    """
+
+    def __init__(self, writer, config, total_steps: int, steps_per_epoch: int, workdir: str, first_step: int):
         self.writer, self.config, self.workdir = writer, config, workdir
         self.total_steps, self.steps_per_epoch = total_steps, steps_per_epoch
-        self.start, self.steps_run = time.monotonic(), 0
+        self.report = periodic_actions.ReportProgress(
+            num_train_steps=total_steps, writer=self, every_steps=config.log_every_steps, every_secs=None,
+            on_steps=range(steps_per_epoch, total_steps, steps_per_epoch))
+        self.report(first_step)  # starts its clock: the first call never reports
+        self.steps_per_sec = math.nan
 
-    def step_done(self, metrics, step: int, *, force: bool = False) -> None:
-        self.steps_run += 1
+    def write_scalars(self, step: int, scalars: dict) -> None:
+        """Called by ReportProgress with its measurements: kept for the line, and written."""
+        self.steps_per_sec = scalars.get("steps_per_sec", self.steps_per_sec)
+        self.writer.write_scalars(step, scalars)
+
+    def step_done(self, metrics, step: int) -> None:
         metrics = jax.tree.map(float, unreplicate(metrics))
         for name in ("loss", "grad_norm"):
             if not math.isfinite(metrics[name]):
                 raise NonFiniteLossError(
                     f"{name} is {metrics[name]} at step {step}; training stopped. The last good checkpoint "
                     f"is kept in {os.path.join(self.workdir, 'checkpoints', 'latest')}.")
-        if force or step % self.config.log_every_steps == 0:
+        if self.report(step):
             self.writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
             print(self._line(step, metrics), flush=True)
 
     def _line(self, step: int, metrics: dict) -> str:
-        rate = self.steps_run / max(time.monotonic() - self.start, 1e-9)
-        eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) / rate))
+        eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) / self.steps_per_sec))
         epoch = (step - 1) // self.steps_per_epoch + 1
         return (f"epoch {epoch}/{self.config.num_epochs}  step {step}/{self.total_steps}  loss {metrics['loss']:.4f}  "
-                f"train acc {100 * metrics['accuracy']:.1f}%  {rate:.2f} steps/s  ETA {eta}")
+                f"train acc {100 * metrics['accuracy']:.1f}%  {self.steps_per_sec:.2f} steps/s  ETA {eta}")
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
     """Trains config.model on config.dataset with config.method; returns (and writes) results.json."""
     start = time.monotonic()
     configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
-    os.makedirs(workdir, exist_ok=True)
     process_batch = config.batch_size // jax.process_count()
-    split_args = dict(seed=config.seed, data_dir=config.data_dir or None, manual_dir=config.manual_dir or None)
+    split_args = dict(seed=config.seed, data_dir=config.data_dir or None)
     train_split = data.make_split(config.dataset, train=True, batch_size=process_batch, augment=config.augment,
                                   **split_args)
     eval_split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size // jax.process_count(),
                                  **split_args)
+    os.makedirs(workdir, exist_ok=True)
     steps_per_epoch = train_split.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     if config.max_steps:
@@ -228,10 +233,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     previous_time = progress["train_time_s"]
 
     dtype = jnp.dtype(config.dtype)
-    writer = metric_writers.SummaryWriter(workdir) if jax.process_index() == 0 else metric_writers.MultiWriter([])
-    state = flax.jax_utils.replicate(state)
+    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    state = replicate(state)
 
-    log = ProgressLog(writer, config, total_steps, steps_per_epoch, workdir)
+    log = ProgressLog(writer, config, total_steps, steps_per_epoch, workdir, first_step=progress["steps_done"])
     step = progress["steps_done"]
     while step < total_steps:
         epoch, start_step = divmod(step, steps_per_epoch)
@@ -246,7 +251,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
             if step >= total_steps:
                 break
         if pending is not None:
-            log.step_done(*pending, force=True)
+            log.step_done(*pending)
         epoch_done = step % steps_per_epoch == 0
         eval_metrics = evaluate(state, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
         writer.write_scalars(step, {f"test_{k}": v for k, v in eval_metrics.items()})

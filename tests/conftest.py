@@ -5,6 +5,7 @@ collection time, before any test module imports jax. With x64 enabled the
 library's dtype discipline is checked too: float32 inputs must stay float32.
 """
 
+import contextlib
 import os
 
 XLA_FLAGS = "--xla_force_host_platform_device_count=4"
@@ -19,3 +20,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
+
+
+@contextlib.contextmanager
+def prepared_mock_data(data_dir, *names: str, num_examples: int):
+    """``tfds.testing.mock_data`` serving num_examples fake examples, with the datasets ``names``
+    looking prepared: mock_data points every builder at ``data_dir``, where their version
+    folders (what the data package checks for a prepared dataset) are made here."""
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir)):
+        for name in names:
+            os.makedirs(tfds.builder(name).data_dir, exist_ok=True)
+        yield

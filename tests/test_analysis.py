@@ -33,6 +33,7 @@ def test_cosine_of_trees():
     assert analysis.cosine(a, b) == pytest.approx(expected)
 
 
+@pytest.mark.slow  # bptt and rate gradients at T = 1 and 4
 def test_grad_similarity_is_one_at_one_timestep_and_below_one_later():
     """Oracle 1 seen through the experiment: at T = 1 every layer's cosine is 1."""
     model, variables, images, labels = setup("digits_vgg", batch=8)
@@ -61,6 +62,7 @@ def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
     assert not np.allclose(eval_rates["spike0"], rates["spike0"])
 
 
+@pytest.mark.slow  # compiles ResNet-18's rate_s step at 3 T
 def test_rate_s_memory_is_flat_in_timesteps():
     """rate_s at T = 8 needs within 5% of its T = 1 and T = 2 compiled memory; bptt_m's grows with T."""
     model = models.create("resnet18", num_classes=10)

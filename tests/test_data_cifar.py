@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+import conftest
 import ratebp_jax.data as data
 
-SPEC_NORMALISATION = {  # SPEC §6
+SPEC_NORMALIZATION = {  # SPEC §6
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
@@ -23,8 +24,8 @@ def _mock_images(name: str, num_examples: int) -> np.ndarray:
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_eval_is_the_spec_normalisation_of_the_images(name):
-    with tfds.testing.mock_data(num_examples=10):
+def test_eval_is_the_spec_normalization_of_the_images(name, tmp_path):
+    with conftest.prepared_mock_data(tmp_path, name, num_examples=10):
         split = data.make_split(name, train=False, batch_size=4, process_index=0, process_count=1)
         batches = list(split.epoch(0))
         raw = _mock_images(name, 10)
@@ -32,20 +33,20 @@ def test_eval_is_the_spec_normalisation_of_the_images(name):
     assert split.steps_per_epoch == len(batches) == 3
     np.testing.assert_array_equal(np.concatenate([b["mask"] for b in batches]), [1] * 10 + [0] * 2)
     images = np.concatenate([b["image"] for b in batches])[:10]
-    mean, std = SPEC_NORMALISATION[name]
+    mean, std = SPEC_NORMALIZATION[name]
     np.testing.assert_allclose(images, (raw / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100"])
-def test_train_batches_are_augmented_deterministically_with_a_black_cutout_hole(name):
-    with tfds.testing.mock_data(num_examples=9):
+def test_train_batches_are_augmented_deterministically_with_a_black_cutout_hole(name, tmp_path):
+    with conftest.prepared_mock_data(tmp_path, name, num_examples=9):
         split = data.make_split(name, train=True, batch_size=4, seed=1, process_index=0, process_count=1)
         first = list(split.epoch(0))
         again = list(split.epoch(0))
         plain = list(data.make_split(name, train=True, batch_size=4, seed=1, augment=False,
                                      process_index=0, process_count=1).epoch(0))
     assert split.steps_per_epoch == len(first) == 2  # 9 // 4, remainder dropped
-    mean, std = SPEC_NORMALISATION[name]
+    mean, std = SPEC_NORMALIZATION[name]
     black = -np.array(mean, np.float32) / np.array(std, np.float32)
     for batch, same, unaugmented in zip(first, again, plain):
         assert batch["image"].shape == (4, 32, 32, 3) and batch["image"].dtype == np.float32

@@ -1,4 +1,4 @@
-"""The embedded digits dataset: the TFDS builder, its split, its normalisation
+"""The embedded digits dataset: the TFDS builder, its split, its normalization
 and its augmentation."""
 
 import itertools
@@ -52,14 +52,14 @@ def test_builder_matches_the_fixed_sklearn_split(data_dir):
     assert _as_multiset(images, labels) == _as_multiset(expected_images, expected_labels)
 
 
-def test_normalisation_constants_are_the_training_split_statistics(data_dir):
+def test_normalization_constants_are_the_training_split_statistics(data_dir):
     images, _ = _split_arrays(data_dir, "train")
     scaled = images.astype(np.float64) / 16.0
     assert scaled.mean() == pytest.approx(digits.DIGITS_MEAN, rel=1e-12)
     assert scaled.std() == pytest.approx(digits.DIGITS_STD, rel=1e-12)
 
 
-def test_eval_batches_are_the_normalised_test_images_in_file_order(data_dir):
+def test_eval_batches_are_the_normalized_test_images_in_file_order(data_dir):
     split = data.make_split("digits", train=False, batch_size=100, data_dir=data_dir,
                             process_index=0, process_count=1)
     batches = list(split.epoch(0))

@@ -1,5 +1,5 @@
 """ImageNet preprocessing on synthetic JPEGs, the pipeline under
-tfds.testing.mock_data, and the missing-data error (no real ImageNet here)."""
+tfds.testing.mock_data, and the missing-data errors (no real ImageNet here)."""
 
 import math
 
@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+import conftest
 import ratebp_jax.data as data
 from ratebp_jax.data import imagenet
 
@@ -61,7 +62,7 @@ def _jpeg(height: int, width: int, colour) -> tf.Tensor:
     return tf.io.encode_jpeg(image, quality=100)
 
 
-def test_preprocessing_of_a_flat_jpeg_gives_its_normalised_colour():
+def test_preprocessing_of_a_flat_jpeg_gives_its_normalized_colour():
     colour = (200, 100, 50)
     expected = (np.array(colour) / 255.0 - np.array(imagenet.MEAN)) / np.array(imagenet.STD)
     jpeg = _jpeg(300, 420, colour)
@@ -73,8 +74,8 @@ def test_preprocessing_of_a_flat_jpeg_gives_its_normalised_colour():
     np.testing.assert_array_equal(trained, imagenet.train_preprocess(jpeg, _seed(3)).numpy())
 
 
-def test_pipeline_runs_under_mock_data():
-    with tfds.testing.mock_data(num_examples=5):
+def test_pipeline_runs_under_mock_data(tmp_path):
+    with conftest.prepared_mock_data(tmp_path, "imagenet2012", num_examples=5):
         train = data.make_split("imagenet2012", train=True, batch_size=2, process_index=0, process_count=1)
         evaluation = data.make_split("imagenet2012", train=False, batch_size=2, process_index=0, process_count=1)
         train_batches = list(train.epoch(0))
@@ -87,10 +88,18 @@ def test_pipeline_runs_under_mock_data():
         assert batch["image"].shape == (2, 224, 224, 3) and np.all(np.isfinite(batch["image"]))
 
 
-def test_missing_imagenet_says_where_the_tar_files_go(tmp_path):
+def test_unprepared_imagenet_names_the_directory_and_the_prepare_command(tmp_path):
     with pytest.raises(data.DataNotFoundError) as caught:
         data.make_split("imagenet2012", train=True, batch_size=8, data_dir=str(tmp_path),
                         process_index=0, process_count=1)
+    assert str(caught.value) == (
+        f"dataset 'imagenet2012' is not prepared in {tmp_path}; prepare it once with: "
+        f"python -m experiments.prepare --dataset imagenet2012 --data_dir {tmp_path}")
+
+
+def test_prepare_without_the_tar_files_says_where_they_go(tmp_path):
+    with pytest.raises(data.DataNotFoundError) as caught:
+        data.prepare("imagenet2012", data_dir=str(tmp_path))
     message = str(caught.value)
-    assert "imagenet2012" in message and str(tmp_path) in message
     assert "ILSVRC2012_img_train.tar" in message and str(tmp_path / "downloads" / "manual") in message
+    assert not (tmp_path / "imagenet2012").exists()  # nothing was built

@@ -1,8 +1,9 @@
-"""CIFAR10-DVS into training: the Split of sequences, the config through the CLI, the timesteps check.
+"""CIFAR10-DVS into training: prepare, the Split of sequences, the config through the CLI, the timesteps check.
 
 The data are the fake recordings of test_data_dvs (2 classes × 20, indices
 90..109 spanning the "tebn" test/train boundary: 20 train, 20 test), prepared
-once for this module and shared by every test.
+once for this module with ``python -m experiments.prepare`` and shared by
+every test.
 """
 
 import json
@@ -18,32 +19,57 @@ import conftest
 import ratebp_jax.data as data
 from configs import cifar10_dvs_vggsnn
 from ratebp_jax import configuration
-from ratebp_jax.data import dvs, dvs_pipeline
+from ratebp_jax.data import dvs
 from test_data_dvs import FAKE_CLASSES, FAKE_INDICES, write_fake_archive
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LABELS = [dvs.CLASS_NAMES.index(name) for name in FAKE_CLASSES]
 
 
+def run_module(module, *flags, timeout=300):
+    return subprocess.run([sys.executable, "-m", f"experiments.{module}", *flags], cwd=REPO,
+                          env=conftest.ONE_DEVICE_ENV, capture_output=True, text=True, timeout=timeout)
+
+
+def prepare_cli(data_dir, manual_dir):
+    return run_module("prepare", "--config", "configs/cifar10_dvs_vggsnn.py", f"--config.data_dir={data_dir}",
+                      f"--config.manual_dir={manual_dir}")
+
+
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """(data_dir, manual_dir, expected frames by (label, index)), prepared through make_split."""
+    """(data_dir, manual_dir, expected frames by (label, index)), prepared by experiments.prepare."""
     manual_dir = tmp_path_factory.mktemp("dvs_manual")
     data_dir = tmp_path_factory.mktemp("dvs_data")
     expected = write_fake_archive(manual_dir, np.random.default_rng(5))
-    data.make_split("cifar10_dvs", train=False, batch_size=8, data_dir=str(data_dir),
-                    manual_dir=str(manual_dir), process_index=0, process_count=1)
+    proc = prepare_cli(data_dir, manual_dir)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1] == f"cifar10_dvs: prepared in {data_dir}/cifar10_dvs/tebn/1.0.0 " \
+                                           "(train 20, test 20 examples)"
+    assert "Generating splits" in proc.stderr  # TFDS's progress bars
     return str(data_dir), str(manual_dir), expected
 
 
 def make(prepared, **kwargs):
-    args = dict(batch_size=8, seed=3, process_index=0, process_count=1, data_dir=prepared[0], manual_dir=None)
+    args = dict(batch_size=8, seed=3, process_index=0, process_count=1, data_dir=prepared[0])
     return data.make_split("cifar10_dvs", **{**args, **kwargs})
 
 
 def test_registered_as_a_sequence_dataset():
     assert "cifar10_dvs" in data.DATASETS
-    assert data.SEQUENCE_LENGTHS["cifar10_dvs"] == dvs.NUM_FRAMES == dvs_pipeline.INPUT_SHAPE[0] == 10
+    assert data.SEQUENCE_LENGTHS["cifar10_dvs"] == dvs.NUM_FRAMES == dvs.DATASET.input_shape[0] == 10
+
+
+def test_preparing_again_keeps_the_dataset(prepared):
+    data_dir, manual_dir, _ = prepared
+    built = sorted(os.listdir(os.path.join(data_dir, "cifar10_dvs", "tebn", "1.0.0")))
+    stamps = {name: os.stat(os.path.join(data_dir, "cifar10_dvs", "tebn", "1.0.0", name)).st_mtime_ns
+              for name in built}
+    proc = prepare_cli(data_dir, os.path.join(manual_dir, "absent"))  # no files needed: nothing is rebuilt
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.splitlines()[-1].startswith(f"cifar10_dvs: prepared in {data_dir}")
+    assert {name: os.stat(os.path.join(data_dir, "cifar10_dvs", "tebn", "1.0.0", name)).st_mtime_ns
+            for name in built} == stamps
 
 
 def test_eval_yields_every_test_sequence_once_unaugmented(prepared):
@@ -90,14 +116,13 @@ def test_train_is_augmented_deterministically_per_seed_and_epoch(prepared):
                    for flip in (False, True) for dy in range(-5, 6) for dx in range(-5, 6))
 
 
-def test_unprepared_without_archives_names_the_dirs_and_the_download(tmp_path):
-    with pytest.raises(data.DataNotFoundError) as caught:
-        data.make_split("cifar10_dvs", train=True, batch_size=8, data_dir=str(tmp_path / "data"),
-                        manual_dir=str(tmp_path / "nothing_here"), process_index=0, process_count=1)
-    message = str(caught.value)
-    for part in ("'cifar10_dvs'", str(tmp_path / "data"), str(tmp_path / "nothing_here"), "airplane.zip",
-                 "figshare.com", "--config.manual_dir"):
+def test_prepare_without_archives_says_where_to_put_them(tmp_path):
+    proc = prepare_cli(tmp_path / "data", tmp_path / "nothing_here")
+    assert proc.returncode == 2
+    message = proc.stderr[proc.stderr.index("error: "):]
+    for part in ("'cifar10_dvs'", str(tmp_path / "nothing_here"), "airplane.zip", "figshare.com"):
         assert part in message, part
+    assert not (tmp_path / "data" / "cifar10_dvs").exists()
 
 
 def test_timesteps_other_than_the_frame_count_is_a_config_error():
@@ -119,17 +144,24 @@ def test_smoke_variant_keeps_the_ten_frames():
 
 
 def run_cli(workdir, *flags):
-    env = conftest.ONE_DEVICE_ENV
-    return subprocess.run([sys.executable, "-m", "experiments.train", "--config", "configs/cifar10_dvs_vggsnn.py:smoke",
-                           "--workdir", str(workdir), *flags], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return run_module("train", "--config", "configs/cifar10_dvs_vggsnn.py:smoke", "--workdir", str(workdir), *flags)
 
 
+def test_unprepared_data_stop_training_with_one_line_naming_the_prepare_command(tmp_path):
+    proc = run_cli(tmp_path / "run", f"--config.data_dir={tmp_path / 'data'}")
+    assert proc.returncode == 2
+    assert [line for line in proc.stderr.splitlines() if line.strip()][-1:] == [
+        f"error: dataset 'cifar10_dvs' is not prepared in {tmp_path / 'data'}; prepare it once with: "
+        f"python -m experiments.prepare --dataset cifar10_dvs --data_dir {tmp_path / 'data'}"]
+    assert "Traceback" not in proc.stderr and not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow  # the T = 10 VGG, trained
 @pytest.mark.parametrize("method", ["rate_m", "bptt_m"])
 def test_dvs_config_trains_through_the_cli(prepared, tmp_path, method):
-    data_dir, manual_dir, _ = prepared
-    proc = run_cli(tmp_path, f"--config.data_dir={data_dir}", f"--config.manual_dir={manual_dir}",
-                   f"--config.method={method}", "--config.batch_size=2")  # batch 2: half the test's time
+    data_dir, _, _ = prepared
+    proc = run_cli(tmp_path, f"--config.data_dir={data_dir}", f"--config.method={method}",
+                   "--config.batch_size=2")  # batch 2: half the test's time
     assert proc.returncode == 0, proc.stderr[-3000:]
     with open(tmp_path / "results.json") as f:
         results = json.load(f)

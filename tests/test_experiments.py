@@ -32,6 +32,7 @@ def trained(tmp_path_factory):
     return str(workdir)
 
 
+@pytest.mark.slow  # compiles 3 methods × 2 T in a subprocess
 def test_efficiency_writes_table_plot_and_summary(tmp_path):
     """--max_step_s 0: each method is timed at its first T only, its memory measured at every T."""
     stdout = run("efficiency", "--model", "digits_vgg", "--timesteps", "2,1", "--methods", "rate_m,rate_s,bptt_m",
@@ -51,6 +52,7 @@ def test_efficiency_writes_table_plot_and_summary(tmp_path):
     assert "| digits_vgg | rate_s  | 2         | 16         |" in stdout
 
 
+@pytest.mark.slow  # fresh processes per measurement
 def test_efficiency_isolated_measures_in_fresh_processes(tmp_path):
     """--isolate: every row comes from its own process; on the CPU there is no allocator peak."""
     run("efficiency", "--model", "digits_vgg", "--timesteps", "1", "--methods", "rate_m", "--repeats", "1",
@@ -61,6 +63,7 @@ def test_efficiency_isolated_measures_in_fresh_processes(tmp_path):
                for r in rows)
 
 
+@pytest.mark.slow  # bptt and rate gradients at 2 T × 2 seeds
 def test_grad_similarity_at_initialisation(tmp_path):
     stdout = run("grad_similarity", "--model", "digits_vgg", "--timesteps", "1,3", "--seeds", "0,1",
                  "--pairs", "rate_m:bptt_m", "--out", str(tmp_path))
@@ -73,6 +76,7 @@ def test_grad_similarity_at_initialisation(tmp_path):
     assert "| rate_m:bptt_m | 3 " in stdout
 
 
+@pytest.mark.slow  # trains first (the trained fixture)
 def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
     run("grad_similarity", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
     rows = read(tmp_path / "grad_similarity.csv")
@@ -108,6 +112,7 @@ def test_energy_of_a_trained_run(trained, tmp_path):
     assert (tmp_path / "energy.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # a subprocess importing JAX and TF (40 s on a loaded 2-core run)
 def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "experiments.firing_rates", "--config", "configs/digits.py:smoke",
                            "--workdir", str(tmp_path), "--out", str(tmp_path)], cwd=REPO, capture_output=True,

@@ -16,6 +16,11 @@ ALL_MODELS = models.NAMES
 STATIC_MODELS = [n for n in ALL_MODELS if n not in ("sew_resnet34", "preact_resnet34")]  # oracle 2 holds
 
 
+def slow_unless(names, fast):
+    """``names`` as pytest parameters, those not in ``fast`` (the larger models) marked slow."""
+    return [name if name in fast else pytest.param(name, marks=pytest.mark.slow) for name in names]
+
+
 def small_shape(name):
     """16×16 inputs (8×8 for digits): the oracles hold at any size, and the deepest
     models still keep at least 1×1 feature maps."""
@@ -67,7 +72,7 @@ def relative_error(a, b):
     return np.sqrt(num / sum(float(jnp.sum(jnp.square(y))) for y in b))
 
 
-@pytest.mark.parametrize("name", ALL_MODELS)
+@pytest.mark.parametrize("name", slow_unless(ALL_MODELS, fast=("digits_vgg",)))
 def test_oracles_1_and_5_at_one_timestep(name):
     """SPEC oracles 1 and 5, float64: at T = 1, rate_m == bptt_m, and rate_s, sltt and
     ottt == bptt_s.
@@ -94,7 +99,7 @@ def spike_and_rate_logits(model, variables, images, timesteps):
     return spike_logits.mean(axis=0), model.apply(rate_variables, images, mode="rate")
 
 
-@pytest.mark.parametrize("name", STATIC_MODELS)
+@pytest.mark.parametrize("name", slow_unless(STATIC_MODELS, fast=("digits_vgg", "vgg11", "vggsnn_dvs")))
 def test_oracle2_rate_pass_is_the_time_mean_of_the_spike_pass(name):
     """SPEC oracle 2, float64, T = 4: rate-pass logits == mean_t spike-pass logits.
 
@@ -165,6 +170,7 @@ def test_bptt_matches_a_hand_written_network(method):
 
 # --- every model and method runs; bad arguments are named ----------------------------
 
+@pytest.mark.slow  # every method on three models (57 s for the smallest, on a loaded 2-core run)
 @pytest.mark.parametrize("name", ["resnet18", "vggsnn_dvs", "sew_resnet34"])
 def test_every_method_runs_in_float32(name):
     """Finite float32 gradients of static inputs at T = 2, on one model of each family (the
@@ -183,6 +189,7 @@ def test_every_method_runs_in_float32(name):
         assert jax.tree.structure(out.batch_stats) == jax.tree.structure(variables["batch_stats"])
 
 
+@pytest.mark.slow  # every method, T = 4 (75 s of a loaded 2-core run)
 def test_static_images_equal_a_sequence_of_repeated_frames():
     """[B, H, W, C] repeated T times and the sequence [B, T, H, W, C] of copies train alike."""
     model, variables, images, labels = setup("digits_vgg", batch=4)

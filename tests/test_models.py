@@ -78,6 +78,7 @@ def test_max_and_avg_pool_match_loops():
     np.testing.assert_allclose(got, want, rtol=1e-13)
 
 
+@pytest.mark.slow  # initialises ResNet-18 (46 s of a loaded 2-core run)
 def test_reference_initialisation_statistics():
     """VGG weights ~ N(0, 0.5²), biases 0; ResNet convs ~ U(±1/√fan_in) (PyTorch default)."""
     digits = jnp.zeros((2, 8, 8, 1))  # digits_vgg is built by the VGG family code

@@ -5,6 +5,7 @@ import os
 import time
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -17,6 +18,7 @@ def test_notebook_is_committed_without_outputs():
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
 
+@pytest.mark.slow  # two digits trainings and a cost sweep
 def test_quickstart_runs_and_both_methods_reach_95_percent(tmp_path, monkeypatch):
     monkeypatch.setenv("QUICKSTART_OUT", str(tmp_path))
     monkeypatch.delenv("XLA_FLAGS", raising=False)  # the kernel sees one CPU device, as a user would

@@ -53,6 +53,7 @@ def test_pmapped_step_equals_single_device_step(method):
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
 
 
+@pytest.mark.slow  # three digits runs of 2 epochs
 def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
     config = tiny_digits_config()  # 5 steps per epoch, a checkpoint after each epoch
     uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
@@ -82,14 +83,14 @@ def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
 
 
 MOCK_CIFAR_RUN = """
-import json, sys
+import json, os, sys
 import tensorflow_datasets as tfds
 from configs import cifar10_resnet18
 from ratebp_jax import train
 
 config = cifar10_resnet18.get_config("smoke")
-config.data_dir = sys.argv[1] + "/tfds"
-with tfds.testing.mock_data(num_examples=32):
+with tfds.testing.mock_data(num_examples=32, data_dir=sys.argv[1] + "/tfds"):
+    os.makedirs(tfds.builder("cifar10").data_dir)  # prepared, as far as training can tell (conftest.prepared_mock_data)
     first = train.train_and_evaluate(config, sys.argv[1] + "/run")
     config.max_steps = 3
     resumed = train.train_and_evaluate(config, sys.argv[1] + "/run")
@@ -97,6 +98,7 @@ print(json.dumps([first, resumed]))
 """
 
 
+@pytest.mark.slow  # compiles ResNet-18's rate_m step
 def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
     """In a subprocess on one device (see conftest.ONE_DEVICE_ENV)."""
     proc = subprocess.run([sys.executable, "-c", MOCK_CIFAR_RUN, str(tmp_path)], cwd=REPO, env=conftest.ONE_DEVICE_ENV,
@@ -107,6 +109,7 @@ def test_cifar10_config_runs_on_mock_data_and_resumes(tmp_path):
     assert resumed["steps_done"] == 3 and resumed["params_l2"] != first["params_l2"]
 
 
+@pytest.mark.slow  # a digits run to step 3
 def test_nan_loss_stops_with_the_step_named(tmp_path, monkeypatch):
     real_shard, calls = train.shard, []
 

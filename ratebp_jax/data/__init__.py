@@ -1,6 +1,7 @@
 """Input pipelines: TFDS + tf.data, yielding NumPy batches for JAX.
 
     import ratebp_jax.data as data     # registers the "sklearn_digits" and "cifar10_dvs" TFDS builders
+    data.prepare("cifar10")            # once: download and build (python -m experiments.prepare)
     split = data.make_split("cifar10", train=True, batch_size=128, seed=0)
     for batch in split.epoch(epoch):   # {"image" float32 [B, H, W, C], "label" int32 [B],
         ...                            #  "mask" float32 [B]}
@@ -12,36 +13,44 @@ training config's ``timesteps`` must equal that T.
 
 See ``pipeline`` for determinism (same (seed, epoch) -> same batches;
 ``start_step`` resumes mid-epoch) and per-process sharding, and the dataset
-modules (``digits``, ``cifar``, ``imagenet``, ``dvs`` with ``dvs_pipeline``)
-for their preprocessing.
+modules (``digits``, ``cifar``, ``imagenet``, ``dvs``), each declaring its
+source and preprocessing as a ``pipeline.Dataset``.
 """
 
 from __future__ import annotations
 
-import functools
-
-from ratebp_jax.data import cifar, digits, dvs_pipeline, imagenet  # dvs_pipeline imports dvs: its builder
+from ratebp_jax.data import cifar, digits, dvs, imagenet, pipeline
 from ratebp_jax.data.pipeline import DataNotFoundError, Split, hide_gpus_from_tensorflow
 
-_SPLIT_MAKERS = {
-    "digits": digits.make_split,
-    "cifar10": functools.partial(cifar.make_split, "cifar10"),
-    "cifar100": functools.partial(cifar.make_split, "cifar100"),
-    "imagenet2012": imagenet.make_split,
-    "cifar10_dvs": dvs_pipeline.make_split,
-}
-DATASETS = tuple(_SPLIT_MAKERS)
+_DATASETS = {d.name: d for d in (digits.DATASET, *cifar.DATASETS, imagenet.DATASET, dvs.DATASET)}
+DATASETS = tuple(_DATASETS)
 # Datasets of sequences: name -> frames per example (T of "image" [B, T, H, W, C]).
-SEQUENCE_LENGTHS = {"cifar10_dvs": dvs_pipeline.SEQUENCE_LENGTH}
+SEQUENCE_LENGTHS = {name: d.input_shape[0] for name, d in _DATASETS.items() if len(d.input_shape) == 4}
 
-__all__ = ["DATASETS", "DataNotFoundError", "SEQUENCE_LENGTHS", "Split", "make_split"]
+__all__ = ["DATASETS", "DataNotFoundError", "SEQUENCE_LENGTHS", "Split", "make_split", "prepare"]
 
 
-def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
-               data_dir: str | None = None, manual_dir: str | None = None,
+def _dataset(name: str) -> pipeline.Dataset:
+    if name not in _DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    return _DATASETS[name]
+
+
+def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = None):
+    """Downloads or builds dataset ``name`` into data_dir (None: TFDS's default); a no-op once done.
+
+    manual_dir: where the files downloaded by hand are (imagenet2012,
+    cifar10_dvs); default DATA_DIR/downloads/manual. Returns the TFDS builder.
+    Raises DataNotFoundError naming manual_dir and the files to put there.
+    """
+    hide_gpus_from_tensorflow()
+    return pipeline.prepare(_dataset(name), data_dir=data_dir, manual_dir=manual_dir)
+
+
+def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0, data_dir: str | None = None,
                augment: bool = True, process_index: int | None = None,
                process_count: int | None = None) -> Split:
-    """One process's train or eval split of dataset ``name``.
+    """One process's train or eval split of dataset ``name``, from prepared data.
 
     Args:
       name: one of DATASETS.
@@ -51,9 +60,7 @@ def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
       batch_size: this process's batch size (global batch / process count).
       seed: shuffling and augmentation seed.
       data_dir: TFDS data directory (None: TFDS default, $TFDS_DATA_DIR or
-        ~/tensorflow_datasets). Datasets not there are prepared if possible.
-      manual_dir: where manually downloaded archives are (imagenet2012,
-        cifar10_dvs); default DATA_DIR/downloads/manual.
+        ~/tensorflow_datasets), where ``prepare`` put the dataset.
       augment: apply the training augmentation (train only).
       process_index, process_count: this process's shard; default
         jax.process_index() / jax.process_count().
@@ -64,11 +71,10 @@ def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
 
     Raises:
       ValueError: unknown dataset, batch_size < 1, bad process index.
-      DataNotFoundError: data missing and not preparable here; the message
-        names the directory searched and how to prepare the data.
+      DataNotFoundError: not prepared in data_dir; the one-line message names
+        the directory and the prepare command.
     """
-    if name not in _SPLIT_MAKERS:
-        raise ValueError(f"dataset must be one of {DATASETS}, got {name!r}")
+    dataset = _dataset(name)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if process_index is None or process_count is None:
@@ -77,7 +83,5 @@ def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0,
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     hide_gpus_from_tensorflow()
-    return _SPLIT_MAKERS[name](
-        train=train, batch_size=batch_size, seed=seed, data_dir=data_dir,
-        manual_dir=manual_dir, augment=augment, process_index=process_index,
-        process_count=process_count)
+    return pipeline.make_split(dataset, train=train, batch_size=batch_size, seed=seed, data_dir=data_dir,
+                               augment=augment, process_index=process_index, process_count=process_count)

@@ -3,14 +3,17 @@
 Train (SPEC §6, order of the reference release's transform list):
   uint8 [32, 32, 3] -> random crop 32 with 4-pixel zero padding
   -> horizontal flip (p = 1/2) -> AutoAugment CIFAR-10 policy (uint8)
-  -> / 255 -> Cutout, one 16×16 hole -> per-channel normalisation.
+  -> / 255 -> Cutout, one 16×16 hole -> per-channel normalization.
 The reference applies Cutout to the [0, 1] tensor *before* Normalize
 (``ToTensor(), Cutout(1, 16), Normalize(...)``), so the hole holds black
-pixels, i.e. -mean/std after normalisation; we keep that order.
-Eval: / 255 -> normalisation. Output float32 [32, 32, 3].
+pixels, i.e. -mean/std after normalization; we keep that order.
+Eval: / 255 -> normalization. Output float32 [32, 32, 3].
+TFDS downloads both (``python -m experiments.prepare --dataset cifar10``).
 """
 
 from __future__ import annotations
+
+import functools
 
 import tensorflow as tf
 
@@ -21,55 +24,37 @@ INPUT_SHAPE = (32, 32, 3)
 CROP_PADDING = 4
 CUTOUT_SIZE = 16
 # Per-channel (R, G, B) mean and std of [0, 1] pixels, SPEC §6 (reference values).
-NORMALISATION = {
+NORMALIZATION = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
-NAMES = tuple(NORMALISATION)
-DOWNLOAD_URL = "https://www.cs.toronto.edu/~kriz/"  # where TFDS's cifar builders download from
+NAMES = tuple(NORMALIZATION)
 
 
-def normalise(image01: tf.Tensor, name: str) -> tf.Tensor:
+def normalize(image01: tf.Tensor, name: str) -> tf.Tensor:
     """(x - mean) / std per channel: float32 [H, W, 3] in [0, 1] -> float32 [H, W, 3]."""
-    mean, std = NORMALISATION[name]
+    mean, std = NORMALIZATION[name]
     return (image01 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
 
 
-def train_preprocess(image: tf.Tensor, seed: tf.Tensor, *, name: str, augment: bool = True) -> tf.Tensor:
-    """uint8 [32, 32, 3] -> float32 [32, 32, 3], augmented (if ``augment``) and normalised."""
-    if not augment:
-        return eval_preprocess(image, seed, name=name)
+def train_preprocess(image: tf.Tensor, seed: tf.Tensor, *, name: str) -> tf.Tensor:
+    """uint8 [32, 32, 3] -> float32 [32, 32, 3], augmented and normalized."""
     crop_seed, flip_seed, policy_seed, cutout_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
     image = pad_and_random_crop(image, crop_seed, padding=CROP_PADDING)
     image = random_flip_left_right(image, flip_seed)
     image = auto_augment_cifar10(image, policy_seed)
     image = cutout(tf.cast(image, tf.float32) / 255.0, cutout_seed, size=CUTOUT_SIZE)
-    return normalise(image, name)
+    return normalize(image, name)
 
 
 def eval_preprocess(image: tf.Tensor, seed: tf.Tensor | None = None, *, name: str) -> tf.Tensor:
-    """uint8 [32, 32, 3] -> float32 [32, 32, 3] normalised; ``seed`` unused."""
+    """uint8 [32, 32, 3] -> float32 [32, 32, 3] normalized; ``seed`` unused."""
     del seed
-    return normalise(tf.cast(image, tf.float32) / 255.0, name)
+    return normalize(tf.cast(image, tf.float32) / 255.0, name)
 
 
-def make_split(name: str, *, train: bool, batch_size: int, seed: int, data_dir: str | None,
-               augment: bool, process_index: int, process_count: int, **unused) -> pipeline.Split:
-    """Split of "cifar10" / "cifar100" (train or test); downloads once if missing."""
-    del unused  # manual_dir: CIFAR downloads by itself
-    builder = pipeline.prepared_builder(
-        name, dataset=name, data_dir=data_dir, download_url=DOWNLOAD_URL,
-        how_to_prepare=(
-            f"on a machine with internet run `tfds build {name} --data_dir=DIR` (or "
-            f"tfds.builder('{name}', data_dir=DIR).download_and_prepare() in Python), then copy "
-            f"DIR/{name} to {{data_dir}}/{name}, or pass data_dir=DIR."))
-    if train:
-        def preprocess(image, example_seed):
-            return train_preprocess(image, example_seed, name=name, augment=augment)
-    else:
-        def preprocess(image, example_seed):
-            return eval_preprocess(image, example_seed, name=name)
-    return pipeline.in_memory_split(
-        builder, name=name, split="train" if train else "test", train=train,
-        batch_size=batch_size, seed=seed, process_index=process_index,
-        process_count=process_count, preprocess=preprocess, input_shape=INPUT_SHAPE)
+DATASETS = tuple(
+    pipeline.Dataset(name=name, tfds_name=name, splits=("train", "test"), input_shape=INPUT_SHAPE,
+                     train_preprocess=functools.partial(train_preprocess, name=name),
+                     eval_preprocess=functools.partial(eval_preprocess, name=name))
+    for name in NAMES)

@@ -10,6 +10,8 @@ train 1,437 and test 360 examples.
 Pipeline: image / 16 -> [0, 1], then (x - DIGITS_MEAN) / DIGITS_STD; training
 with augmentation adds a random translation by up to one pixel (zero-pad 1,
 random 8×8 crop) before scaling. No flips: digits are not mirror-symmetric.
+Nothing to download, so the dataset builds itself into the data_dir on first
+use (about a second; ``embedded`` in its declaration).
 """
 
 from __future__ import annotations
@@ -79,32 +81,21 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
             yield int(index), {"image": image, "label": int(label)}
 
 
-def _normalise(image: tf.Tensor) -> tf.Tensor:
+def normalize(image: tf.Tensor) -> tf.Tensor:
+    """uint8 [8, 8, 1] values 0..16 -> float32 (x / 16 - DIGITS_MEAN) / DIGITS_STD."""
     return (tf.cast(image, tf.float32) / MAX_VALUE - DIGITS_MEAN) / DIGITS_STD
 
 
 def train_preprocess(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
-    """uint8 [8, 8, 1] -> float32 [8, 8, 1]: shift by up to 1 px, then normalise."""
-    return _normalise(pad_and_random_crop(image, seed, padding=1))
+    """uint8 [8, 8, 1] -> float32 [8, 8, 1]: shift by up to 1 px, then normalize."""
+    return normalize(pad_and_random_crop(image, seed, padding=1))
 
 
 def eval_preprocess(image: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """uint8 [8, 8, 1] -> float32 [8, 8, 1], normalised; ``seed`` unused."""
+    """uint8 [8, 8, 1] -> float32 [8, 8, 1], normalized; ``seed`` unused."""
     del seed
-    return _normalise(image)
+    return normalize(image)
 
 
-def make_split(*, train: bool, batch_size: int, seed: int, data_dir: str | None,
-               augment: bool, process_index: int, process_count: int, **unused) -> pipeline.Split:
-    """Split of "digits" (train or test), built into ``data_dir`` on first use (~1 s)."""
-    del unused  # manual_dir: nothing to download
-    builder = pipeline.prepared_builder(
-        TFDS_NAME, dataset="digits", data_dir=data_dir,
-        how_to_prepare=("it needs only scikit-learn (no download); make {data_dir} writable or pass "
-                        "another data_dir, or build it with `import ratebp_jax.data, tensorflow_datasets as "
-                        f"tfds; tfds.builder('{TFDS_NAME}', data_dir=DIR).download_and_prepare()`."))
-    preprocess = train_preprocess if (train and augment) else eval_preprocess
-    return pipeline.in_memory_split(
-        builder, name="digits", split="train" if train else "test", train=train,
-        batch_size=batch_size, seed=seed, process_index=process_index,
-        process_count=process_count, preprocess=preprocess, input_shape=INPUT_SHAPE)
+DATASET = pipeline.Dataset(name="digits", tfds_name=TFDS_NAME, splits=("train", "test"), input_shape=INPUT_SHAPE,
+                           train_preprocess=train_preprocess, eval_preprocess=eval_preprocess, embedded=True)

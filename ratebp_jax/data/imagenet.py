@@ -2,11 +2,14 @@
 
 Train: random-resized-crop to 224 (area fraction in (0.08, 1), aspect ratio
 in (3/4, 4/3), torchvision's RandomResizedCrop sampling, decoding only the
-crop) -> horizontal flip (p = 1/2) -> / 255 -> normalisation.
+crop) -> horizontal flip (p = 1/2) -> / 255 -> normalization.
 Eval: resize the shorter side to 256 -> central 224×224 crop -> / 255 ->
-normalisation. Bilinear, antialiased resizing; output float32 [224, 224, 3].
+normalization. Bilinear, antialiased resizing; output float32 [224, 224, 3].
 Images stay JPEG-encoded (``SkipDecoding``) until preprocessing, so skipped
 examples (``start_step``) are never decoded.
+Preparing it (``python -m experiments.prepare --dataset imagenet2012``) needs
+ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from image-net.org in the
+manual_dir; TFDS extracts them once, which takes hours.
 """
 
 from __future__ import annotations
@@ -30,7 +33,6 @@ AREA_RANGE = (0.08, 1.0)
 RATIO_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 10
 SHUFFLE_BUFFER = 8192  # train shuffle buffer of encoded JPEGs (~1 GB)
-TAR_FILES = ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")
 
 
 def random_resized_crop_window(height, width, seed: tf.Tensor, *, area_range=AREA_RANGE,
@@ -71,21 +73,19 @@ def _central_fallback_window(height, width, ratio_range) -> tf.Tensor:
     return tf.stack([(height - crop_h) // 2, (width - crop_w) // 2, crop_h, crop_w])
 
 
-def normalise(image: tf.Tensor) -> tf.Tensor:
+def normalize(image: tf.Tensor) -> tf.Tensor:
     """float32 [H, W, 3] in 0..255 -> (x / 255 - MEAN) / STD."""
     return (image / 255.0 - tf.constant(MEAN)) / tf.constant(STD)
 
 
-def train_preprocess(jpeg: tf.Tensor, seed: tf.Tensor, *, augment: bool = True) -> tf.Tensor:
-    """Encoded JPEG (string scalar) -> float32 [224, 224, 3], random crop + flip + normalised."""
-    if not augment:
-        return eval_preprocess(jpeg)
+def train_preprocess(jpeg: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Encoded JPEG (string scalar) -> float32 [224, 224, 3], random crop + flip + normalized."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     shape = tf.image.extract_jpeg_shape(jpeg)
     window = random_resized_crop_window(shape[0], shape[1], crop_seed)
     image = tf.image.decode_and_crop_jpeg(jpeg, window, channels=3)
     image = tf.image.resize(image, [IMAGE_SIZE, IMAGE_SIZE], method="bilinear", antialias=True)
-    return normalise(random_flip_left_right(image, flip_seed))
+    return normalize(random_flip_left_right(image, flip_seed))
 
 
 def resize_shorter_and_centre_crop(image: tf.Tensor, *, resize: int = RESIZE_SIZE,
@@ -106,54 +106,26 @@ def resize_shorter_and_centre_crop(image: tf.Tensor, *, resize: int = RESIZE_SIZ
 
 
 def eval_preprocess(jpeg: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor:
-    """Encoded JPEG -> float32 [224, 224, 3]: resize 256, centre crop 224, normalised."""
+    """Encoded JPEG -> float32 [224, 224, 3]: resize 256, centre crop 224, normalized."""
     del seed
-    return normalise(resize_shorter_and_centre_crop(tf.io.decode_jpeg(jpeg, channels=3)))
+    return normalize(resize_shorter_and_centre_crop(tf.io.decode_jpeg(jpeg, channels=3)))
 
 
 def streaming_source(builder, shard, *, shuffle: bool, seed: int) -> pipeline.EpochSource:
-    """Epoch source reading TFRecords; train order keyed by (seed, epoch) (see pipeline)."""
+    """Epoch source reading the TFRecords of ``shard``, JPEGs still encoded; train order keyed by (seed, epoch)."""
 
     def source(epoch: int) -> tf.data.Dataset:
         file_seed, buffer_seed = (int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(2))
         options = tf.data.Options()
         options.deterministic = True
-        read_config = tfds.ReadConfig(shuffle_seed=file_seed, options=options)
-        dataset = builder.as_dataset(split=shard, shuffle_files=shuffle, read_config=read_config,
+        dataset = builder.as_dataset(split=shard, shuffle_files=shuffle, as_supervised=True,
+                                     read_config=tfds.ReadConfig(shuffle_seed=file_seed, options=options),
                                      decoders={"image": tfds.decode.SkipDecoding()})
-        dataset = dataset.map(lambda example: (example["image"], example["label"]))
-        if shuffle:
-            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=buffer_seed)
-        return dataset
+        return dataset.shuffle(SHUFFLE_BUFFER, seed=buffer_seed) if shuffle else dataset
 
     return source
 
 
-def make_split(*, train: bool, batch_size: int, seed: int, data_dir: str | None,
-               manual_dir: str | None, augment: bool, process_index: int,
-               process_count: int, **unused) -> pipeline.Split:
-    """Split of "imagenet2012" (train or validation); prepares from the tar files if present."""
-    del unused
-    builder = pipeline.prepared_builder(
-        TFDS_NAME, dataset=TFDS_NAME, data_dir=data_dir, manual_dir=manual_dir,
-        how_to_prepare=(
-            f"download {' and '.join(TAR_FILES)} from https://image-net.org (login needed), "
-            "put them in {manual_dir} (or pass manual_dir=...), then call make_split again "
-            f"(TFDS extracts them once, which takes hours) or run `tfds build {TFDS_NAME} "
-            "--data_dir={data_dir} --manual_dir={manual_dir}`."))
-    shard = pipeline.process_shard("train" if train else "validation", train=train,
-                                   process_index=process_index, process_count=process_count)
-    local = pipeline.count_examples(builder, shard)
-    total = pipeline.count_examples(builder, "train" if train else "validation")
-    if train:
-        def preprocess(jpeg, example_seed):
-            return train_preprocess(jpeg, example_seed, augment=augment)
-    else:
-        preprocess = eval_preprocess
-    return pipeline.Split(
-        name=TFDS_NAME, train=train, batch_size=batch_size, num_examples=local,
-        steps_per_epoch=pipeline.steps_per_epoch(train=train, local_examples=local, total_examples=total,
-                                                 batch_size=batch_size, process_count=process_count),
-        num_classes=builder.info.features["label"].num_classes, input_shape=INPUT_SHAPE,
-        seed=seed, process_index=process_index,
-        source=streaming_source(builder, shard, shuffle=train, seed=seed), preprocess=preprocess)
+DATASET = pipeline.Dataset(name=TFDS_NAME, tfds_name=TFDS_NAME, splits=("train", "validation"),
+                           input_shape=INPUT_SHAPE, train_preprocess=train_preprocess,
+                           eval_preprocess=eval_preprocess, source=streaming_source)

@@ -1,10 +1,12 @@
-"""Dataset-independent machinery: prepare a TFDS builder, shard a split per
-process, order an epoch, augment, batch, pad.
+"""Dataset-independent machinery: open a prepared TFDS dataset, shard a split
+per process, order an epoch, augment, batch, pad.
 
-A ``Split`` is one process's view of one split at one batch size. Iterating
-``split.epoch(e)`` yields host batches (NumPy, batch-major NHWC):
+A dataset module declares a ``Dataset`` (its TFDS builder, splits, source and
+preprocessing); ``make_split`` turns it into a ``Split``, one process's view
+of one split at one batch size. Iterating ``split.epoch(e)`` yields host
+batches (NumPy, batch-major NHWC):
 
-    {"image": float32 [B, H, W, C] normalised,
+    {"image": float32 [B, H, W, C] normalized,
      "label": int32 [B],
      "mask":  float32 [B]   1 for a real example, 0 for eval padding}
 
@@ -23,6 +25,10 @@ Train shards drop the remainder so every process runs the same number of
 steps; eval shards keep every example, and a process with a shorter shard
 yields extra all-padding batches so all processes run the same number of eval
 steps (a multi-host pmap needs every process in every step).
+
+Preparation is not done here: ``prepare`` is what ``python -m
+experiments.prepare`` calls; ``make_split`` only opens prepared data (the
+embedded digits excepted, which build themselves in about a second).
 """
 
 from __future__ import annotations
@@ -32,28 +38,24 @@ import dataclasses
 import functools
 import math
 import os
-import socket
-import urllib.parse
-import urllib.request
 from typing import Callable, Iterator
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-# Preprocessing of one example: (raw image, stateless seed [2]) -> float32 [H, W, C].
+# Preprocessing of one example: (raw example, stateless seed [2]) -> float32 [H, W, C] (or [T, H, W, C]).
 Preprocess = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-# The examples of one epoch in order: epoch -> Dataset of (raw image, label).
+# The examples of one epoch in order: epoch -> Dataset of (raw example, label).
 EpochSource = Callable[[int], tf.data.Dataset]
 
 _SHUFFLE_STREAM = 0  # stream ids folded into (seed, epoch) to derive independent keys
 _AUGMENT_STREAM = 1
-_DOWNLOAD_SOCKET_TIMEOUT_S = 30  # a stalled connection fails after this long, not never
-_PROBE_TIMEOUT_S = 5  # reachability check of a download host before downloading
+_DECODE_BATCH = 256  # examples decoded at a time while loading a shard into memory
 
 
 class DataNotFoundError(FileNotFoundError):
-    """A dataset is not prepared where we looked and could not be prepared."""
+    """A dataset is not prepared where we looked (or its manual files are missing)."""
 
 
 def hide_gpus_from_tensorflow() -> None:
@@ -65,80 +67,9 @@ def hide_gpus_from_tensorflow() -> None:
         tf.config.set_visible_devices([], "GPU")
 
 
-@contextlib.contextmanager
-def _socket_timeout(seconds: float):
-    previous = socket.getdefaulttimeout()
-    socket.setdefaulttimeout(seconds)
-    try:
-        yield
-    finally:
-        socket.setdefaulttimeout(previous)
-
-
-def _downloads_are_mocked() -> bool:
-    """True inside ``tfds.testing.mock_data``, whose download_and_prepare is a no-op."""
-    return tfds.core.DatasetBuilder.download_and_prepare.__module__.startswith("tensorflow_datasets.testing")
-
-
-def unreachable_reason(url: str, timeout_s: float = _PROBE_TIMEOUT_S) -> str | None:
-    """None if a TCP connection to ``url``'s host (or its proxy) opens in time, else why not.
-
-    TFDS retries a failed download 10 times with exponential backoff (~200 s),
-    so without this check an offline machine would wait minutes to fail.
-    """
-    parts = urllib.parse.urlsplit(url)
-    host, port = parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
-    proxy = urllib.request.getproxies().get(parts.scheme)
-    if proxy and not urllib.request.proxy_bypass(host):
-        proxy_parts = urllib.parse.urlsplit(proxy if "://" in proxy else f"http://{proxy}")
-        host, port = proxy_parts.hostname, proxy_parts.port or 80
-    try:
-        socket.create_connection((host, port), timeout=timeout_s).close()
-    except OSError as error:
-        return f"cannot reach {host}:{port} ({type(error).__name__}: {error})"
-    return None
-
-
-def prepared_builder(tfds_name: str, *, dataset: str, data_dir: str | None,
-                     how_to_prepare: str, manual_dir: str | None = None,
-                     download_url: str | None = None):
-    """Returns the TFDS builder of ``tfds_name``, preparing it if needed.
-
-    If the data are not in ``data_dir`` (None: the TFDS default), tries
-    ``download_and_prepare`` once (manual downloads read from ``manual_dir``,
-    default DATA_DIR/downloads/manual), after checking that ``download_url``'s
-    host is reachable when the dataset downloads. On any failure raises
-    DataNotFoundError naming the dataset, the directory searched and
-    ``how_to_prepare`` (formatted with ``data_dir`` and ``manual_dir``).
-    """
-    builder = tfds.builder(tfds_name, data_dir=data_dir)
-    if builder.is_prepared():
-        return builder
-    manual_dir = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")
-    offline = None if (download_url is None or _downloads_are_mocked()) else unreachable_reason(download_url)
-    try:
-        if offline:
-            raise ConnectionError(f"no network for the download: {offline}")
-        with _socket_timeout(_DOWNLOAD_SOCKET_TIMEOUT_S):
-            builder.download_and_prepare(
-                download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
-    except Exception as error:  # any failure means: not available here
-        how_to_prepare = how_to_prepare.format(data_dir=builder.data_dir_root, manual_dir=manual_dir)
-        if isinstance(error, ModuleNotFoundError) and error.name == "importlib_resources":
-            how_to_prepare += ("\nTFDS 4.9.10 needs `pip install importlib_resources` to prepare "
-                               "datasets on Python >= 3.9 (tensorflow/datasets#11212).")
-        raise DataNotFoundError(
-            f"Dataset {dataset!r} (TFDS {tfds_name!r}) is not prepared in {builder.data_dir} "
-            f"(data_dir={builder.data_dir_root}) and preparing it failed: "
-            f"{type(error).__name__}: {error}\nTo prepare it: {how_to_prepare}") from error
-    return builder
-
-
-def process_shard(split: str, *, train: bool, process_index: int, process_count: int):
-    """This process's part of ``split``: train drops the remainder, eval keeps it."""
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
-    return tfds.even_splits(split, n=process_count, drop_remainder=train)[process_index]
+def epoch_key(seed: int, epoch: int, stream: int) -> tf.Tensor:
+    """Stateless key [2] int64 of one random stream of one epoch."""
+    return tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), stream)
 
 
 def count_examples(builder, split) -> int:
@@ -150,34 +81,108 @@ def count_examples(builder, split) -> int:
 
 
 def load_in_memory(builder, split) -> tuple[np.ndarray, np.ndarray]:
-    """Decodes a whole split: (images uint8 [N, H, W, C], labels int32 [N]), file order."""
-    dataset = builder.as_dataset(split=split, shuffle_files=False)
-    images, labels = [], []
-    for batch in tfds.as_numpy(dataset.map(lambda ex: (ex["image"], ex["label"])).batch(4096)):
-        images.append(batch[0])
-        labels.append(batch[1].astype(np.int32))
-    if not images:
+    """Decodes a split in file order: (examples [N, ...] as stored, labels int32 [N]).
+
+    The arrays are filled in place, a batch of _DECODE_BATCH at a time, so the
+    peak memory is the split plus one batch (no concatenated copy).
+    """
+    count = count_examples(builder, split)
+    if count == 0:
         raise DataNotFoundError(f"split {split} of {builder.name} in {builder.data_dir} is empty")
-    return np.concatenate(images), np.concatenate(labels)
+    dataset = builder.as_dataset(split=split, shuffle_files=False, as_supervised=True).batch(_DECODE_BATCH)
+    examples = labels = None
+    for start, (batch, batch_labels) in zip(range(0, count, _DECODE_BATCH), tfds.as_numpy(dataset)):
+        if examples is None:
+            examples = np.empty((count, *batch.shape[1:]), batch.dtype)
+            labels = np.empty((count,), np.int32)
+        examples[start:start + len(batch)] = batch
+        labels[start:start + len(batch)] = batch_labels
+    return examples, labels
 
 
-def epoch_key(seed: int, epoch: int, stream: int) -> tf.Tensor:
-    """Stateless key [2] int64 of one random stream of one epoch."""
-    return tf.random.experimental.stateless_fold_in(tf.constant([seed, epoch], tf.int64), stream)
+def in_memory_source(builder, shard, *, shuffle: bool, seed: int) -> EpochSource:
+    """Epoch source over the shard decoded once into memory (digits, CIFAR, CIFAR10-DVS).
 
-
-def in_memory_source(images: np.ndarray, labels: np.ndarray, *, shuffle: bool, seed: int) -> EpochSource:
-    """Epoch source over arrays in memory; train order = stateless permutation of (seed, epoch)."""
-    images = tf.constant(images)
-    labels = tf.constant(labels)
+    Train order: the stateless permutation of (seed, epoch); each example is
+    gathered by its index, so no epoch copies the whole array.
+    """
+    examples, labels = (tf.constant(array) for array in load_in_memory(builder, shard))
 
     def source(epoch: int) -> tf.data.Dataset:
         order = tf.range(tf.shape(labels)[0])
         if shuffle:
             order = tf.random.experimental.stateless_shuffle(order, epoch_key(seed, epoch, _SHUFFLE_STREAM))
-        return tf.data.Dataset.from_tensor_slices((tf.gather(images, order), tf.gather(labels, order)))
+        return tf.data.Dataset.from_tensor_slices(order).map(lambda i: (tf.gather(examples, i), tf.gather(labels, i)))
 
     return source
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+    """What a dataset module declares: where its examples come from and how each is preprocessed.
+
+    Attributes:
+      name: our name ("digits", "cifar10", ...), the config's dataset field.
+      tfds_name: the TFDS builder (with its default config).
+      splits: (train split, eval split) names of the builder.
+      input_shape: per-example shape after preprocessing: (H, W, C), or
+        (T, H, W, C) for a sequence.
+      train_preprocess: augmentation and normalization of a training example.
+      eval_preprocess: normalization only; also training with augment=False.
+      source: (builder, shard, shuffle=, seed=) -> EpochSource.
+      embedded: the data need no download; a missing dataset is built on
+        first use instead of asking for ``experiments.prepare``.
+    """
+
+    name: str
+    tfds_name: str
+    splits: tuple[str, str]
+    input_shape: tuple[int, ...]
+    train_preprocess: Preprocess
+    eval_preprocess: Preprocess
+    source: Callable[..., EpochSource] = in_memory_source
+    embedded: bool = False
+
+
+def prepare(dataset: Dataset, *, data_dir: str | None = None, manual_dir: str | None = None):
+    """Downloads or builds ``dataset`` into data_dir with TFDS (its progress bars); returns the builder.
+
+    A no-op for a prepared dataset. A dataset whose files are downloaded by
+    hand (ImageNet, CIFAR10-DVS) is read from manual_dir (default
+    DATA_DIR/downloads/manual).
+
+    Raises:
+      DataNotFoundError: manual_dir is missing or empty; the message says
+        which files to put there and where to get them.
+    """
+    builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
+    if builder.data_path.exists():
+        return builder
+    manual_dir = manual_dir or os.path.join(builder.data_dir_root, "downloads", "manual")  # TFDS's default
+    instructions = builder.MANUAL_DOWNLOAD_INSTRUCTIONS
+    if instructions and not (os.path.isdir(manual_dir) and os.listdir(manual_dir)):
+        raise DataNotFoundError(
+            f"{dataset.name!r} is built from files you download by hand; put them in {manual_dir} "
+            f"(or pass another manual_dir):\n{instructions.strip()}")
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    return builder
+
+
+def prepared_builder(dataset: Dataset, data_dir: str | None):
+    """The TFDS builder of ``dataset``, prepared in data_dir (None: TFDS's default).
+
+    Raises:
+      DataNotFoundError: not prepared there; the one-line message names the
+        directory searched and the prepare command to run.
+    """
+    if dataset.embedded:
+        return prepare(dataset, data_dir=data_dir)
+    builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
+    if not builder.data_path.exists():  # TFDS's own test, finished builds only (as is_prepared, without its warning)
+        raise DataNotFoundError(
+            f"dataset {dataset.name!r} is not prepared in {builder.data_dir_root}; prepare it once with: "
+            f"python -m experiments.prepare --dataset {dataset.name} --data_dir {builder.data_dir_root}")
+    return builder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,7 +196,7 @@ class Split:
       num_examples: examples in this process's shard.
       steps_per_epoch: train: num_examples // batch_size; eval: batches needed
         by the largest process shard (ceil), so all processes agree.
-      num_classes, input_shape: label count and per-example (H, W, C).
+      num_classes, input_shape: label count and per-example (H, W, C) or (T, H, W, C).
     """
 
     name: str
@@ -200,7 +205,7 @@ class Split:
     num_examples: int
     steps_per_epoch: int
     num_classes: int
-    input_shape: tuple[int, int, int]
+    input_shape: tuple[int, ...]
     seed: int
     process_index: int
     source: EpochSource = dataclasses.field(repr=False)
@@ -212,7 +217,7 @@ class Split:
         return tf.function(self.preprocess)
 
     def dataset(self, epoch: int, start_step: int = 0) -> tf.data.Dataset:
-        """tf.data pipeline of (image float32 [B, H, W, C], label int32 [B]) batches.
+        """tf.data pipeline of (image float32 [B, ...input_shape], label int32 [B]) batches.
 
         Eval's last batch may be short here; ``epoch`` pads it.
         """
@@ -259,34 +264,26 @@ class Split:
         return {"image": images, "label": labels, "mask": mask}
 
 
-def steps_per_epoch(*, train: bool, local_examples: int, total_examples: int,
-                    batch_size: int, process_count: int) -> int:
-    """Train: full batches of this shard. Eval: batches for the largest shard.
-
-    Eval uses the larger of this shard's and the largest even split's count
-    (they agree on real data; under ``tfds.testing.mock_data`` every shard
-    yields the same number of fake examples).
-    """
-    if train:
-        if local_examples < batch_size:
-            raise ValueError(f"batch_size {batch_size} exceeds the {local_examples} training examples "
-                             "of this process's shard: no full batch")
-        return local_examples // batch_size
-    largest = max(local_examples, math.ceil(total_examples / process_count))
-    return math.ceil(largest / batch_size)
-
-
-def in_memory_split(builder, *, name: str, split: str, train: bool, batch_size: int, seed: int,
-                    process_index: int, process_count: int, preprocess: Preprocess,
-                    input_shape: tuple[int, int, int]) -> Split:
-    """A Split whose shard is decoded once into memory (digits, CIFAR)."""
-    shard = process_shard(split, train=train, process_index=process_index, process_count=process_count)
-    images, labels = load_in_memory(builder, shard)
-    total = count_examples(builder, split)
+def make_split(dataset: Dataset, *, train: bool, batch_size: int, seed: int, data_dir: str | None,
+               augment: bool, process_index: int, process_count: int) -> Split:
+    """This process's Split of ``dataset`` (see ``ratebp_jax.data.make_split`` for the arguments)."""
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
+    builder = prepared_builder(dataset, data_dir)
+    split = dataset.splits[0] if train else dataset.splits[1]
+    shard = tfds.even_splits(split, n=process_count, drop_remainder=train)[process_index]
+    local = count_examples(builder, shard)
+    if train and local < batch_size:
+        raise ValueError(f"batch_size {batch_size} exceeds the {local} training examples "
+                         "of this process's shard: no full batch")
+    # Eval: batches for the largest shard, so every process runs as many steps
+    # (the largest even split is ceil(total / count); the max matters only where
+    # every shard yields the whole split, as TFDS's test doubles do).
+    largest = max(local, math.ceil(count_examples(builder, split) / process_count))
     return Split(
-        name=name, train=train, batch_size=batch_size, num_examples=len(labels),
-        steps_per_epoch=steps_per_epoch(train=train, local_examples=len(labels), total_examples=total,
-                                        batch_size=batch_size, process_count=process_count),
-        num_classes=builder.info.features["label"].num_classes, input_shape=input_shape,
+        name=dataset.name, train=train, batch_size=batch_size, num_examples=local,
+        steps_per_epoch=local // batch_size if train else math.ceil(largest / batch_size),
+        num_classes=builder.info.features["label"].num_classes, input_shape=dataset.input_shape,
         seed=seed, process_index=process_index,
-        source=in_memory_source(images, labels, shuffle=train, seed=seed), preprocess=preprocess)
+        source=dataset.source(builder, shard, shuffle=train, seed=seed),
+        preprocess=dataset.train_preprocess if (train and augment) else dataset.eval_preprocess)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from ratebp_jax import models  # the package; only its functions are used, at call time
+from ratebp_jax.models import registry
 from ratebp_jax.models.vgg import FEATURES
 
 REFERENCE_NAMES = ("resnet18", "resnet19", "vgg11", "vgg13", "vggsnn_cifar", "vggsnn_dvs",
@@ -165,10 +165,10 @@ class _Entry:
 def _entries(name: str, num_classes: int, in_channels: int) -> tuple[_Entry, ...]:
     """Every array of our model ``name``, traced with jax.eval_shape (nothing is computed)."""
     family = _family(name)
-    model = models.create(name, num_classes=num_classes, in_channels=in_channels)
-    height, width, _ = models.INPUT_SHAPES[name]
+    model = registry.create(name, num_classes=num_classes, in_channels=in_channels)
+    height, width, _ = registry.INPUT_SHAPES[name]
     images = jax.ShapeDtypeStruct((1, height, width, in_channels), jnp.float32)
-    variables = jax.eval_shape(lambda x: models.init(model, jax.random.key(0), x, timesteps=1), images)
+    variables = jax.eval_shape(lambda x: registry.init(model, jax.random.key(0), x, timesteps=1), images)
     entries = []
     for key, leaf in traverse_util.flatten_dict({c: variables[c] for c in COLLECTIONS}).items():
         collection, *modules, leaf_name = key
