@@ -123,8 +123,7 @@ def main(argv):
     report.write_csv(os.path.join(_OUT.value, "compare_runs.csv"), runs, RUN_COLUMNS)
 
     print("=== step time and compiled memory, one device", flush=True)
-    split = data.make_split(base.dataset, train=False, batch_size=base.eval_batch_size, seed=0,
-                            data_dir=base.data_dir or None, manual_dir=base.manual_dir or None)
+    split = data.make_split(base.dataset, train=False, batch_size=base.eval_batch_size, data_dir=base.data_dir or None)
     rows = summarize(runs, step_costs(base, names, split))
     report.write_csv(os.path.join(_OUT.value, "compare.csv"), rows, COLUMNS)
     table = markdown(rows)
