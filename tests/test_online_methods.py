@@ -1,7 +1,6 @@
 """The baselines of SPEC §3.4 (sltt, sltt_k, ottt, bptt_remat): oracles 5-7, bptt_s's
 unrolled loop, and the compiled memory of each (XLA's memory_analysis, not timings)."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -17,14 +16,16 @@ from ratebp_jax.models.common import Layers
 from test_methods import relative_error, setup, step
 
 
-def per_step_loop(model, variables, images, labels, timesteps, *, detach_membranes):
+def per_step_loop(model, variables, images, labels, timesteps, *, detach_membranes, step_weights=None):
     """(loss, grads) by whole-sequence autodiff through a plain Python loop over t of the
     network in "bptt_step" mode; images [B, T, H, W, C].
 
     detach_membranes=True: the carried membranes are wrapped in stop_gradient and the loss
-    is (1/T) Σ_t CE(o_t, y) (SLTT, SPEC oracle 6); False: the loss is CE(mean_t o_t, y)
-    (BPTT, as bptt_s).
+    is Σ_t w_t CE(o_t, y) with w_t = step_weights[t] (default 1/T: SLTT, SPEC oracle 6);
+    False: the loss is CE(mean_t o_t, y) (BPTT, as bptt_s).
     """
+    weights = jnp.full(timesteps, 1 / timesteps) if step_weights is None else step_weights
+
     def loss_fn(params):
         state = {"batch_stats": variables["batch_stats"]}
         per_step_logits = []
@@ -35,36 +36,28 @@ def per_step_loop(model, variables, images, labels, timesteps, *, detach_membran
                 state = {**state, MEMBRANE: jax.lax.stop_gradient(state[MEMBRANE])}
             per_step_logits.append(logits_t)
         if detach_membranes:
-            return sum(optax.softmax_cross_entropy_with_integer_labels(o, labels).mean()
-                       for o in per_step_logits) / timesteps
+            return sum(w * optax.softmax_cross_entropy_with_integer_labels(o, labels).mean()
+                       for w, o in zip(weights, per_step_logits))
         return optax.softmax_cross_entropy_with_integer_labels(sum(per_step_logits) / timesteps, labels).mean()
 
     return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
 
 
-@pytest.mark.parametrize("name", ["digits_vgg"])
-def test_oracle6_sltt_is_autodiff_with_detached_membranes(name):
-    """SPEC oracle 6, float64, T = 3: sltt == autodiff of (1/T) Σ_t CE(o_t, y) through a
-    per-step loop whose carried membranes are stop_gradient; a sequence input."""
-    model, variables, images, labels = setup(name, batch=3, shape=(8, 8, models.INPUT_SHAPES[name][-1]))
+@pytest.mark.parametrize("method", ["sltt", "bptt_s"])
+def test_step_by_step_methods_equal_autodiff_through_a_plain_loop(method):
+    """float64, T = 3, a sequence input, digits_vgg. sltt (SPEC oracle 6): autodiff of
+    (1/T) Σ_t CE(o_t, y) through a per-step loop whose carried membranes are stop_gradient.
+    bptt_s (its time loop unrolled, its convs' gradients in online.conv): autodiff of
+    CE(mean_t o_t, y) through the same loop, membranes not detached."""
+    model, variables, images, labels = setup("digits_vgg", batch=3)
     sequence = jax.random.uniform(jax.random.key(5), (3, 3) + images.shape[1:], jnp.float64) * 2
-    loss, grads = per_step_loop(model, variables, sequence, labels, 3, detach_membranes=True)
-    out = step(model, "sltt", variables, sequence, labels, 3)
+    loss, grads = per_step_loop(model, variables, sequence, labels, 3, detach_membranes=method == "sltt")
+    out = step(model, method, variables, sequence, labels, 3)
     np.testing.assert_allclose(out.loss, loss, rtol=1e-12)
     assert relative_error(out.grads, grads) <= 1e-10
-    bptt = step(model, "bptt_s", variables, sequence, labels, 3)
-    assert relative_error(out.grads, bptt.grads) > 1e-3  # detaching the membranes does change the gradient
-
-
-@pytest.mark.parametrize("name", ["digits_vgg"])
-def test_bptt_s_unrolled_equals_a_plain_loop(name):
-    """bptt_s (time loop unrolled for XLA:CPU's sake) == autodiff through a plain Python loop."""
-    model, variables, images, labels = setup(name, batch=3, shape=(8, 8, models.INPUT_SHAPES[name][-1]))
-    sequence = jax.random.uniform(jax.random.key(6), (3, 3) + images.shape[1:], jnp.float64) * 2
-    loss, grads = per_step_loop(model, variables, sequence, labels, 3, detach_membranes=False)
-    out = step(model, "bptt_s", variables, sequence, labels, 3)
-    np.testing.assert_allclose(out.loss, loss, rtol=1e-12)
-    assert relative_error(out.grads, grads) <= 1e-10
+    if method == "sltt":
+        bptt = step(model, "bptt_s", variables, sequence, labels, 3)
+        assert relative_error(out.grads, bptt.grads) > 1e-3  # detaching the membranes does change the gradient
 
 
 sltt_k_step = jax.jit(rbp.run_method, static_argnums=(0, 1), static_argnames=("timesteps", "k"))
@@ -86,7 +79,8 @@ def test_sltt_k_backpropagates_the_drawn_steps_only():
     model, variables, images, labels = setup("digits_vgg", batch=4)
     sequence = jax.random.uniform(jax.random.key(5), (4, 3) + images.shape[1:], jnp.float64) * 2
     full = step(model, "sltt", variables, sequence, labels, 3)
-    one_step = [one_step_sltt(model, variables, sequence, labels, jnp.arange(3) == t) for t in range(3)]
+    one_step = [per_step_loop(model, variables, sequence, labels, 3, detach_membranes=True,
+                              step_weights=jnp.arange(3) == t) for t in range(3)]  # step t's loss only
     drawn = set()
     for seed in range(4):
         rng = jax.random.key(seed)
@@ -101,22 +95,6 @@ def test_sltt_k_backpropagates_the_drawn_steps_only():
         assert relative_error(out.batch_stats, full.batch_stats) <= 1e-12
         drawn.add(t)
     assert len(drawn) > 1  # different keys draw different steps
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def one_step_sltt(model, variables, sequence, labels, learns):
-    """(CE(o_t, y), its gradient) of the step t where learns[t], the membranes detached,
-    by a per-step loop."""
-    def loss_fn(params):
-        state, total = {"batch_stats": variables["batch_stats"]}, 0.0
-        for t in range(sequence.shape[1]):
-            logits_t, state = model.apply({"params": params, **state}, sequence[:, t], mode="bptt_step",
-                                          mutable=["batch_stats", MEMBRANE])
-            state = jax.lax.stop_gradient(state)
-            total += learns[t] * optax.softmax_cross_entropy_with_integer_labels(logits_t, labels).mean()
-        return total
-
-    return jax.value_and_grad(loss_fn)(variables["params"])
 
 
 def test_sltt_k_needs_rng_and_a_valid_k():
