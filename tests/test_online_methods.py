@@ -1,7 +1,6 @@
 """The baselines of SPEC §3.4 (sltt, sltt_k, ottt, bptt_remat): oracles 5-7, bptt_s's
 unrolled loop, and the compiled memory of each (XLA's memory_analysis, not timings)."""
 
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
