@@ -93,32 +93,25 @@ def test_eval_covers_every_test_example_once_and_pads_with_mask_zero(data_dir):
     _assert_same_batches(batches, list(split.epoch(7)))  # eval order does not depend on the epoch
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(data_dir):
-    full_eval = _real_rows(_split(data_dir, train=False).epoch(0))
-    shards = [_real_rows(_split(data_dir, train=False, process_index=i, process_count=2).epoch(0))
-              for i in range(2)]
-    assert sorted(shards[0] + shards[1]) == full_eval
-
-    raw_images, raw_labels, _ = digits.stratified_split()["train"]
-    full_train = sorted(zip((image.tobytes() for image in raw_images), raw_labels.tolist()))
-    train_shards = [_split(data_dir, augment=False, batch_size=359, process_index=i, process_count=2)
-                    for i in range(2)]
-    assert [s.num_examples for s in train_shards] == [718, 718]  # 1437 // 2, remainder dropped
-    union = sorted(_real_rows(train_shards[0].epoch(0)) + _real_rows(train_shards[1].epoch(0)))
-    remaining = list(full_train)
-    for row in union:  # multiset inclusion: no example in both shards
-        remaining.remove(row)
-    assert len(remaining) == 1
+@pytest.mark.parametrize("train", [True, False])
+def test_processes_read_slices_of_the_one_process_global_batches(data_dir, train):
+    # 2 processes x batch 100 read, at every step, the two halves of the one-process batch of 200:
+    # each device sees what it would in a one-process run, augmentation included.
+    one = list(_split(data_dir, train=train, batch_size=200).epoch(1))
+    shards = [_split(data_dir, train=train, batch_size=100, process_index=i, process_count=2) for i in range(2)]
+    assert [s.steps_per_epoch for s in shards] == [len(one)] * 2 == [1437 // 200 if train else 2] * 2
+    for whole, *halves in zip(one, *(s.epoch(1) for s in shards)):
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key])
 
 
 def test_uneven_eval_shards_run_the_same_number_of_steps(data_dir):
-    # 360 examples over 7 processes: shards of 52 or 51; batch 51 needs 2 steps for 52.
+    # 360 examples, global batch 7 x 51 = 357: 2 steps; the second has 3 real examples, all in process 0.
     shards = [_split(data_dir, train=False, batch_size=51, process_index=i, process_count=7) for i in range(7)]
-    assert sorted({s.num_examples for s in shards}) == [51, 52]
-    for shard in shards:
-        batches = list(shard.epoch(0))
-        assert shard.steps_per_epoch == len(batches) == 2
-        assert sum(b["mask"].sum() for b in batches) == shard.num_examples
+    batches = [list(shard.epoch(0)) for shard in shards]
+    assert [len(b) for b in batches] == [s.steps_per_epoch for s in shards] == [2] * 7
+    assert [b[1]["mask"].sum() for b in batches] == [3, 0, 0, 0, 0, 0, 0]
+    assert sorted(sum((_real_rows(b) for b in batches), [])) == _real_rows(_split(data_dir, train=False).epoch(0))
 
 
 def test_make_split_rejects_bad_arguments(data_dir):
@@ -126,7 +119,7 @@ def test_make_split_rejects_bad_arguments(data_dir):
         data.make_split("mnist", train=True, batch_size=8)
     with pytest.raises(ValueError, match="batch_size"):
         data.make_split("digits", train=True, batch_size=0, data_dir=data_dir)
-    with pytest.raises(ValueError, match="exceeds the 718 training examples"):
+    with pytest.raises(ValueError, match=r"global batch of 2000 \(batch_size 1000 × 2 processes\) exceeds the 1437"):
         _split(data_dir, batch_size=1000, process_index=1, process_count=2)
     with pytest.raises(ValueError, match="process_index"):
         _split(data_dir, process_index=2, process_count=2)

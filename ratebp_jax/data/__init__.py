@@ -62,8 +62,8 @@ def make_split(name: str, *, train: bool, batch_size: int, seed: int = 0, data_d
       data_dir: TFDS data directory (None: TFDS default, $TFDS_DATA_DIR or
         ~/tensorflow_datasets), where ``prepare`` put the dataset.
       augment: apply the training augmentation (train only).
-      process_index, process_count: this process's shard; default
-        jax.process_index() / jax.process_count().
+      process_index, process_count: this process's share of each global
+        batch (see ``pipeline``); default jax.process_index() / jax.process_count().
 
     Returns:
       A Split; ``split.epoch(e, start_step=0)`` yields the batches;

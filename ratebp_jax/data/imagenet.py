@@ -111,17 +111,21 @@ def eval_preprocess(jpeg: tf.Tensor, seed: tf.Tensor | None = None) -> tf.Tensor
     return normalize(resize_shorter_and_centre_crop(tf.io.decode_jpeg(jpeg, channels=3)))
 
 
-def streaming_source(builder, shard, *, shuffle: bool, seed: int) -> pipeline.EpochSource:
-    """Epoch source reading the TFRecords of ``shard``, JPEGs still encoded; train order keyed by (seed, epoch)."""
+def streaming_source(builder, split: str, shard: pipeline.Shard, *, shuffle: bool, seed: int) -> pipeline.EpochSource:
+    """Epoch source reading this process's even split of the TFRecords, JPEGs still encoded; train order
+    keyed by (seed, epoch). Example i of process p has the global position i·count + p."""
+    files = tfds.even_splits(split, n=shard.count, drop_remainder=shard.train)[shard.index]
 
     def source(epoch: int) -> tf.data.Dataset:
         file_seed, buffer_seed = (int(s) for s in np.random.SeedSequence([seed, epoch]).generate_state(2))
         options = tf.data.Options()
         options.deterministic = True
-        dataset = builder.as_dataset(split=shard, shuffle_files=shuffle, as_supervised=True,
+        dataset = builder.as_dataset(split=files, shuffle_files=shuffle, as_supervised=True,
                                      read_config=tfds.ReadConfig(shuffle_seed=file_seed, options=options),
                                      decoders={"image": tfds.decode.SkipDecoding()})
-        return dataset.shuffle(SHUFFLE_BUFFER, seed=buffer_seed) if shuffle else dataset
+        if shuffle:
+            dataset = dataset.shuffle(SHUFFLE_BUFFER, seed=buffer_seed)
+        return dataset.enumerate().map(lambda i, example: (i * shard.count + shard.index, *example))
 
     return source
 

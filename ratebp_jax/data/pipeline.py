@@ -14,17 +14,23 @@ Determinism. Everything random is a pure function of (seed, epoch):
 - the order: in-memory splits permute their examples with
   ``stateless_shuffle`` keyed by (seed, epoch); streamed splits (ImageNet) key
   TFDS's file shuffle and a tf.data shuffle buffer by the same pair;
-- augmentation: the example at position ``p`` of the epoch's order gets the
-  stateless seed fold_in(fold_in(fold_in((seed, epoch), AUGMENT), process), p).
+- augmentation: the example at position ``g`` of the epoch's global order gets
+  the stateless seed fold_in(fold_in((seed, epoch), AUGMENT), g).
 So the same (seed, epoch) gives identical batches after any restart, and
 ``epoch(e, start_step=k)`` skips k·B examples *before* augmenting, giving the
 batches k, k+1, ... of ``epoch(e)`` without computing the skipped ones.
 
-Sharding. Each process reads ``tfds.even_splits(split, process_count)[index]``.
-Train shards drop the remainder so every process runs the same number of
-steps; eval shards keep every example, and a process with a shorter shard
-yields extra all-padding batches so all processes run the same number of eval
-steps (a multi-host pmap needs every process in every step).
+Sharding over processes. The global batch b is the positions [b·G, (b+1)·G)
+of the epoch's order, G = B · process_count, and process p reads its p-th
+slice of B (``Shard.positions``). In-memory splits (every dataset but
+ImageNet) hold the whole split in every process, so a run on P processes
+feeds each device exactly what a one-process run with as many devices feeds
+it: the result does not depend on the number of hosts. Streamed splits read
+``tfds.even_splits(split, process_count)[p]`` instead (no process reads all of
+ImageNet), keyed by the same seeds but with another order per host count.
+Train epochs drop the last partial global batch; eval epochs keep every
+example, padding (mask 0) the short batches, so all processes run the same
+number of steps (a multi-host step needs every process).
 
 Preparation is not done here: ``prepare`` is what ``python -m
 experiments.prepare`` calls; ``make_split`` only opens prepared data (the
@@ -46,7 +52,8 @@ import tensorflow_datasets as tfds
 
 # Preprocessing of one example: (raw example, stateless seed [2]) -> float32 [H, W, C] (or [T, H, W, C]).
 Preprocess = Callable[[tf.Tensor, tf.Tensor], tf.Tensor]
-# The examples of one epoch in order: epoch -> Dataset of (raw example, label).
+# One process's examples of one epoch in order: epoch -> Dataset of (global position int64,
+# raw example, label); the position in the epoch's global order keys the augmentation.
 EpochSource = Callable[[int], tf.data.Dataset]
 
 _SHUFFLE_STREAM = 0  # stream ids folded into (seed, epoch) to derive independent keys
@@ -100,19 +107,41 @@ def load_in_memory(builder, split) -> tuple[np.ndarray, np.ndarray]:
     return examples, labels
 
 
-def in_memory_source(builder, shard, *, shuffle: bool, seed: int) -> EpochSource:
-    """Epoch source over the shard decoded once into memory (digits, CIFAR, CIFAR10-DVS).
+@dataclasses.dataclass(frozen=True)
+class Shard:
+    """One process's share of each global batch: rows [index·batch_size, (index+1)·batch_size)."""
 
-    Train order: the stateless permutation of (seed, epoch); each example is
-    gathered by its index, so no epoch copies the whole array.
+    index: int  # this process
+    count: int  # processes
+    batch_size: int  # rows per process per global batch
+    train: bool  # drop the last partial global batch (eval keeps every example)
+
+    def positions(self, total: int) -> np.ndarray:
+        """int64 [n]: the positions of an epoch's global order of ``total`` examples that this process reads."""
+        global_batch = self.batch_size * self.count
+        positions = np.arange(total // global_batch * global_batch if self.train else total)
+        return positions[positions % global_batch // self.batch_size == self.index]
+
+
+def in_memory_source(builder, split: str, shard: Shard, *, shuffle: bool, seed: int) -> EpochSource:
+    """Epoch source over the whole split decoded once into memory (digits, CIFAR, CIFAR10-DVS).
+
+    Train order: the stateless permutation of (seed, epoch), the same in every
+    process; this process gathers the examples at its ``shard.positions``, so
+    no epoch copies the whole array.
     """
-    examples, labels = (tf.constant(array) for array in load_in_memory(builder, shard))
+    examples, labels = (tf.constant(array) for array in load_in_memory(builder, split))
+    positions = tf.constant(shard.positions(int(labels.shape[0])), tf.int64)
 
     def source(epoch: int) -> tf.data.Dataset:
-        order = tf.range(tf.shape(labels)[0])
+        order = tf.range(tf.shape(labels, out_type=tf.int64)[0])
         if shuffle:
             order = tf.random.experimental.stateless_shuffle(order, epoch_key(seed, epoch, _SHUFFLE_STREAM))
-        return tf.data.Dataset.from_tensor_slices(order).map(lambda i: (tf.gather(examples, i), tf.gather(labels, i)))
+
+        def read(position):
+            index = tf.gather(order, position)
+            return position, tf.gather(examples, index), tf.gather(labels, index)
+        return tf.data.Dataset.from_tensor_slices(positions).map(read)
 
     return source
 
@@ -129,7 +158,7 @@ class Dataset:
         (T, H, W, C) for a sequence.
       train_preprocess: augmentation and normalization of a training example.
       eval_preprocess: normalization only; also training with augment=False.
-      source: (builder, shard, shuffle=, seed=) -> EpochSource.
+      source: (builder, split name, Shard, shuffle=, seed=) -> EpochSource.
       embedded: the data need no download; a missing dataset is built on
         first use instead of asking for ``experiments.prepare``.
     """
@@ -164,7 +193,12 @@ def prepare(dataset: Dataset, *, data_dir: str | None = None, manual_dir: str | 
         raise DataNotFoundError(
             f"{dataset.name!r} is built from files you download by hand; put them in {manual_dir} "
             f"(or pass another manual_dir):\n{instructions.strip()}")
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=manual_dir))
+    except FileExistsError:  # another process (of a multi-host run) finished the same build first
+        if not builder.data_path.exists():
+            raise
+        builder = tfds.builder(dataset.tfds_name, data_dir=data_dir)
     return builder
 
 
@@ -193,9 +227,9 @@ class Split:
       name: dataset name ("digits", "cifar10", ...).
       train: shuffled + augmented + remainder dropped, else fixed order + padded.
       batch_size: this process's batch size.
-      num_examples: examples in this process's shard.
-      steps_per_epoch: train: num_examples // batch_size; eval: batches needed
-        by the largest process shard (ceil), so all processes agree.
+      num_examples: examples in the whole split (all processes).
+      steps_per_epoch: global batches per epoch, the same in every process:
+        train num_examples // G, eval ceil(num_examples / G), G the global batch.
       num_classes, input_shape: label count and per-example (H, W, C) or (T, H, W, C).
     """
 
@@ -207,7 +241,6 @@ class Split:
     num_classes: int
     input_shape: tuple[int, ...]
     seed: int
-    process_index: int
     source: EpochSource = dataclasses.field(repr=False)
     preprocess: Preprocess = dataclasses.field(repr=False)
 
@@ -221,16 +254,14 @@ class Split:
 
         Eval's last batch may be short here; ``epoch`` pads it.
         """
-        augment_key = tf.random.experimental.stateless_fold_in(
-            epoch_key(self.seed, epoch, _AUGMENT_STREAM), self.process_index)
+        augment_key = epoch_key(self.seed, epoch, _AUGMENT_STREAM)
 
-        def preprocess(position, example):
-            image, label = example
+        def preprocess(position, image, label):
             example_seed = tf.random.experimental.stateless_fold_in(augment_key, position)
             image = tf.ensure_shape(self._traced_preprocess(image, example_seed), self.input_shape)
             return tf.cast(image, tf.float32), tf.cast(label, tf.int32)
 
-        dataset = self.source(epoch).enumerate().skip(start_step * self.batch_size)
+        dataset = self.source(epoch).skip(start_step * self.batch_size)
         if self.train:
             dataset = dataset.take((self.steps_per_epoch - start_step) * self.batch_size)
         dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
@@ -250,7 +281,7 @@ class Split:
             yield self._padded(images, labels)
             steps += 1
         empty_image = np.zeros((0, *self.input_shape), np.float32)
-        for _ in range(steps, self.steps_per_epoch):  # eval only: shorter process shard
+        for _ in range(steps, self.steps_per_epoch):  # eval only: this process's rows ran out
             yield self._padded(empty_image, np.zeros((0,), np.int32))
 
     def _padded(self, images: np.ndarray, labels: np.ndarray) -> dict[str, np.ndarray]:
@@ -271,19 +302,14 @@ def make_split(dataset: Dataset, *, train: bool, batch_size: int, seed: int, dat
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
     builder = prepared_builder(dataset, data_dir)
     split = dataset.splits[0] if train else dataset.splits[1]
-    shard = tfds.even_splits(split, n=process_count, drop_remainder=train)[process_index]
-    local = count_examples(builder, shard)
-    if train and local < batch_size:
-        raise ValueError(f"batch_size {batch_size} exceeds the {local} training examples "
-                         "of this process's shard: no full batch")
-    # Eval: batches for the largest shard, so every process runs as many steps
-    # (the largest even split is ceil(total / count); the max matters only where
-    # every shard yields the whole split, as TFDS's test doubles do).
-    largest = max(local, math.ceil(count_examples(builder, split) / process_count))
+    total, global_batch = count_examples(builder, split), batch_size * process_count
+    if train and total < global_batch:
+        raise ValueError(f"the global batch of {global_batch} (batch_size {batch_size} × {process_count} "
+                         f"processes) exceeds the {total} training examples: no full batch")
+    shard = Shard(index=process_index, count=process_count, batch_size=batch_size, train=train)
     return Split(
-        name=dataset.name, train=train, batch_size=batch_size, num_examples=local,
-        steps_per_epoch=local // batch_size if train else math.ceil(largest / batch_size),
-        num_classes=builder.info.features["label"].num_classes, input_shape=dataset.input_shape,
-        seed=seed, process_index=process_index,
-        source=dataset.source(builder, shard, shuffle=train, seed=seed),
+        name=dataset.name, train=train, batch_size=batch_size, num_examples=total,
+        steps_per_epoch=total // global_batch if train else math.ceil(total / global_batch),
+        num_classes=builder.info.features["label"].num_classes, input_shape=dataset.input_shape, seed=seed,
+        source=dataset.source(builder, split, shard, shuffle=train, seed=seed),
         preprocess=dataset.train_preprocess if (train and augment) else dataset.eval_preprocess)
