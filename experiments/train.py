@@ -9,7 +9,9 @@ with one line naming the field; so does a dataset that is not prepared, with
 the directory searched and the command that prepares it (experiments.prepare).
 For several hosts, start the same command on each with --distributed (JAX's
 jax.distributed.initialize: automatic on TPU pods and SLURM, else set
-JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID).
+JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; README,
+"Several hosts"). SIGTERM or Ctrl-C saves a checkpoint after the current step
+and exits with status 75; the same command resumes.
 """
 
 import sys
@@ -26,27 +28,42 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
+PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
+
+
+def fail(error: Exception) -> None:
+    """One line naming what is wrong, exit 2 (bad config, missing data, unreadable checkpoints)."""
+    print(f"error: {error}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     report.quiet_library_logs()
     import jax
 
-    from ratebp_jax import configuration, data, train
+    from ratebp_jax import checkpoint, configuration, data, multihost, train
 
     if _DISTRIBUTED.value:
-        jax.distributed.initialize()
+        try:
+            multihost.initialize()
+        except ValueError as error:
+            fail(ValueError(f"--distributed: {error} Set {', '.join(multihost.ENVIRONMENT)}, "
+                            "or run under SLURM or on a TPU VM, where JAX finds them."))
     try:
         configuration.validate(_CONFIG.value, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
     except configuration.ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     try:
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except data.DataNotFoundError as error:  # raised before the first step, by make_split
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
-    print(f"done: test accuracy {results['test_accuracy']:.2f}% (best {results['best_test_accuracy']:.2f}%), "
+    except (data.DataNotFoundError, checkpoint.CheckpointError) as error:  # raised before the first step
+        fail(error)
+    except multihost.Preempted as preempted:
+        if jax.process_index() == 0:
+            print(preempted, file=sys.stderr, flush=True)
+        sys.exit(PREEMPTED)
+    train.say(f"done: test accuracy {results['test_accuracy']:.2f}% (best {results['best_test_accuracy']:.2f}%), "
           f"{results['train_time_s']:.0f} s; results in {_WORKDIR.value}/results.json")
 
 

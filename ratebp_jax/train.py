@@ -7,6 +7,15 @@ with gradients, metrics and (through the model's axis_name) every BatchNorm
 statistic averaged over the devices of the pmap axis "batch". The loop checks
 each step's loss (one step behind, so the devices never wait), evaluates and
 checkpoints at epoch ends, and resumes from the latest checkpoint when rerun.
+On SIGTERM or SIGINT it saves after the current step and raises
+``multihost.Preempted`` (see ``multihost``).
+
+Several processes run the same loop, each feeding its local devices its slice
+of every global batch (``data.pipeline``); the pmapped step spans the devices
+of all processes, so gradients and BatchNorm statistics are averaged over all
+of them and a P-process run equals a one-process run on as many devices.
+Process 0 alone prints, writes TensorBoard events and results.json; every
+process takes part in the checkpoints (Orbax's multi-process saves).
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from flax.jax_utils import replicate, unreplicate
 from flax.training import train_state
 from flax.training.common_utils import shard
 
-from ratebp_jax import configuration, data, methods, models
+from ratebp_jax import configuration, data, methods, models, multihost
 from ratebp_jax.checkpoint import Checkpoints
 
 AXIS = "batch"
@@ -154,6 +163,12 @@ def evaluate(state, split, model, timesteps: int, dtype, max_steps: int = 0) -> 
     return {"accuracy": 100 * totals["correct"] / count, "accuracy_top5": 100 * totals["correct_top5"] / count}
 
 
+def say(line: str) -> None:
+    """Prints on process 0 only (the others run the same loop, silently)."""
+    if jax.process_index() == 0:
+        print(line, flush=True)
+
+
 class NonFiniteLossError(FloatingPointError):
     """The training loss or gradient became NaN or Inf.
 
@@ -194,7 +209,7 @@ class ProgressLog:
                     f"is kept in {os.path.join(self.workdir, 'checkpoints', 'latest')}.")
         if self.report(step):
             self.writer.write_scalars(step, {f"train_{k}": v for k, v in metrics.items()})
-            print(self._line(step, metrics), flush=True)
+            say(self._line(step, metrics))
 
     def _line(self, step: int, metrics: dict) -> str:
         eta = time.strftime("%H:%M:%S", time.gmtime((self.total_steps - step) / self.steps_per_sec))
@@ -229,42 +244,51 @@ def train_and_evaluate(config, workdir: str) -> dict:
     restored = checkpoints.restore_latest(state)
     if restored is not None:
         state, progress = restored
-        print(f"resuming from step {progress['steps_done']} (epoch {progress['epochs_done']}) in {workdir}")
+        say(f"resuming from step {progress['steps_done']} (epoch {progress['epochs_done']}) in {workdir}")
     previous_time = progress["train_time_s"]
 
     dtype = jnp.dtype(config.dtype)
-    writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+    writer = (metric_writers.create_default_writer(workdir) if jax.process_index() == 0
+              else metric_writers.MultiWriter([]))  # writes nothing
     state = replicate(state)
 
     log = ProgressLog(writer, config, total_steps, steps_per_epoch, workdir, first_step=progress["steps_done"])
     step = progress["steps_done"]
-    while step < total_steps:
-        epoch, start_step = divmod(step, steps_per_epoch)
-        pending = None  # the previous step's metrics, read once the next step is queued
-        for batch in train_split.epoch(epoch, start_step=start_step):
-            state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype,
-                                          config.sltt_k, config.seed)
+    with multihost.PreemptionWatch() as preemption:
+        while step < total_steps:
+            epoch, start_step = divmod(step, steps_per_epoch)
+            pending = None  # the previous step's metrics, read once the next step is queued
+            preempted = False
+            for batch in train_split.epoch(epoch, start_step=start_step):
+                state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype,
+                                              config.sltt_k, config.seed)
+                if pending is not None:
+                    log.step_done(*pending)
+                step += 1
+                pending = (metrics, step)
+                preempted = preemption.reached(step)  # every process, every step: they agree on one step
+                if step >= total_steps or preempted:
+                    break
             if pending is not None:
                 log.step_done(*pending)
-            step += 1
-            pending = (metrics, step)
-            if step >= total_steps:
-                break
-        if pending is not None:
-            log.step_done(*pending)
-        epoch_done = step % steps_per_epoch == 0
-        eval_metrics = evaluate(state, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
-        writer.write_scalars(step, {f"test_{k}": v for k, v in eval_metrics.items()})
-        accuracy = eval_metrics["accuracy"]
-        is_best = accuracy > progress["best_test_accuracy"]
-        progress = {"epochs_done": step // steps_per_epoch, "steps_done": step, "test_accuracy": accuracy,
-                    "best_test_accuracy": max(accuracy, progress["best_test_accuracy"]),
-                    "train_time_s": previous_time + time.monotonic() - start}
-        print(f"epoch {step / steps_per_epoch:.2f}: test accuracy {accuracy:.2f}% "
-              f"(best {progress['best_test_accuracy']:.2f}%)")
-        last = step >= total_steps
-        if last or not epoch_done or progress["epochs_done"] % config.checkpoint_every_epochs == 0:
-            checkpoints.save(jax.device_get(unreplicate(state)), progress, is_best=is_best)
+            progress = {**progress, "epochs_done": step // steps_per_epoch, "steps_done": step,
+                        "train_time_s": previous_time + time.monotonic() - start}
+            if preempted and step < total_steps:
+                checkpoints.save(jax.device_get(unreplicate(state)), progress, is_best=False)
+                checkpoints.close()
+                raise multihost.Preempted(step)
+            epoch_done = step % steps_per_epoch == 0
+            eval_metrics = evaluate(state, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
+            writer.write_scalars(step, {f"test_{k}": v for k, v in eval_metrics.items()})
+            accuracy = eval_metrics["accuracy"]
+            is_best = accuracy > progress["best_test_accuracy"]
+            progress = {**progress, "test_accuracy": accuracy,
+                        "best_test_accuracy": max(accuracy, progress["best_test_accuracy"])}
+            say(f"epoch {step / steps_per_epoch:.2f}: test accuracy {accuracy:.2f}% "
+                f"(best {progress['best_test_accuracy']:.2f}%)")
+            last = step >= total_steps
+            if last or not epoch_done or progress["epochs_done"] % config.checkpoint_every_epochs == 0:
+                checkpoints.save(jax.device_get(unreplicate(state)), progress, is_best=is_best)
     checkpoints.close()
     writer.flush()
 

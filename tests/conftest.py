@@ -7,6 +7,7 @@ library's dtype discipline is checked too: float32 inputs must stay float32.
 
 import contextlib
 import os
+import tempfile
 
 XLA_FLAGS = "--xla_force_host_platform_device_count=4"
 os.environ.setdefault("XLA_FLAGS", XLA_FLAGS)
@@ -16,6 +17,11 @@ os.environ.setdefault("XLA_FLAGS", XLA_FLAGS)
 # subprocess on one device (ONE_DEVICE_ENV); the tiny digits runs keep 4 devices.
 ONE_DEVICE_ENV = {**{k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}, "JAX_PLATFORMS": "cpu"}
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# One persistent compilation cache for the session's processes (xdist workers and the
+# CLI subprocesses, which compile the same digits steps again and again).
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      os.path.join(tempfile.gettempdir(), f"ratebp_jax_tests_{os.getuid()}", "jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
 import jax  # noqa: E402
 

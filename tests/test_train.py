@@ -53,35 +53,6 @@ def test_pmapped_step_equals_single_device_step(method):
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
 
 
-@pytest.mark.slow  # three digits runs of 2 epochs
-def test_interrupted_run_resumes_to_the_same_params(tmp_path, monkeypatch):
-    config = tiny_digits_config()  # 5 steps per epoch, a checkpoint after each epoch
-    uninterrupted = train.train_and_evaluate(config, str(tmp_path / "straight"))
-
-    real_save, saves = checkpoint.Checkpoints.save, []
-
-    def save_then_interrupt(self, *args, **kwargs):
-        real_save(self, *args, **kwargs)
-        self.close()
-        saves.append(1)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(checkpoint.Checkpoints, "save", save_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        train.train_and_evaluate(config, str(tmp_path / "interrupted"))
-    monkeypatch.setattr(checkpoint.Checkpoints, "save", real_save)
-    resumed = train.train_and_evaluate(config, str(tmp_path / "interrupted"))
-    assert saves == [1]
-    assert resumed["steps_done"] == uninterrupted["steps_done"] == 10
-    assert resumed["params_l2"] == pytest.approx(uninterrupted["params_l2"], rel=1e-6)
-    assert resumed["test_accuracy"] == pytest.approx(uninterrupted["test_accuracy"])
-    with open(tmp_path / "interrupted" / "results.json") as f:
-        written = json.load(f)
-    assert set(written) == {"method", "model", "dataset", "timesteps", "epochs_done", "steps_done", "test_accuracy",
-                            "best_test_accuracy", "params_l2", "train_time_s"}
-    assert written["epochs_done"] == 2 and written["train_time_s"] > 0
-
-
 MOCK_CIFAR_RUN = """
 import json, os, sys
 import tensorflow_datasets as tfds
