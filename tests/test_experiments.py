@@ -77,6 +77,7 @@ def test_grad_similarity_at_initialisation(tmp_path):
 
 
 @pytest.mark.slow  # trains first (the trained fixture)
+@pytest.mark.xdist_group("trained")  # one worker trains it once
 def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
     run("grad_similarity", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
     rows = read(tmp_path / "grad_similarity.csv")
@@ -93,6 +94,8 @@ def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
     assert "spike2" in stdout
 
 
+@pytest.mark.slow  # trains first (the trained fixture)
+@pytest.mark.xdist_group("trained")
 def test_energy_of_a_trained_run(trained, tmp_path):
     stdout = run("energy", "--config", "configs/digits.py:smoke", "--workdir", trained, "--num_batches", "1",
                  "--out", str(tmp_path))
@@ -123,6 +126,7 @@ def test_firing_rates_without_a_checkpoint_says_train_first(tmp_path):
     assert not (tmp_path / "checkpoints").exists()  # looking created nothing
 
 
+@pytest.mark.slow  # trains every method
 def test_compare_trains_every_method_and_seed_and_tabulates(tmp_path):
     """Two methods × two seeds of the smoke digits config: runs, their mean ± std, the step's cost."""
     stdout = run("compare", "--config", "configs/digits.py:smoke", "--methods", "rate_m,sltt_k", "--seeds", "0,1",

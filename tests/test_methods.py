@@ -170,8 +170,8 @@ def test_bptt_matches_a_hand_written_network(method):
 
 # --- every model and method runs; bad arguments are named ----------------------------
 
-@pytest.mark.slow  # every method on three models (57 s for the smallest, on a loaded 2-core run)
-@pytest.mark.parametrize("name", ["resnet18", "vggsnn_dvs", "sew_resnet34"])
+@pytest.mark.slow  # every method on three models (57 s for resnet18, on a loaded 2-core run)
+@pytest.mark.parametrize("name", ["resnet18", "digits_vgg", "sew_resnet34"])
 def test_every_method_runs_in_float32(name):
     """Finite float32 gradients of static inputs at T = 2, on one model of each family (the
     layers, where dtypes are handled, are shared; every model runs in oracle 1 above).

@@ -72,6 +72,7 @@ def test_sltt_k_with_k_equal_to_t_is_sltt():
         assert relative_error(out.batch_stats, full.batch_stats) <= 1e-12
 
 
+@pytest.mark.slow  # 3 per-step loops and 8 sltt_k steps (10 s)
 def test_sltt_k_backpropagates_the_drawn_steps_only():
     """K = 1: the gradient is T · (the gradient of the drawn step alone); the same key draws
     the same step; the forward (logits, running statistics) is sltt's whatever the draw."""
@@ -163,7 +164,8 @@ def test_oracle7_ottt_equals_the_trace_formula_in_numpy():
     assert relative_error(out.grads["fc2"], sltt.grads["fc2"]) > 1e-2  # fed by spikes: from their trace
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vgg11", "sew_resnet34"])
+@pytest.mark.parametrize("name", ["vgg11", pytest.param("resnet18", marks=pytest.mark.slow),
+                                  pytest.param("sew_resnet34", marks=pytest.mark.slow)])
 def test_oracle5_bptt_remat_equals_bptt_m(name):
     """SPEC oracle 5, float64, T = 4: jax.checkpoint changes no number (16×16 inputs)."""
     model, variables, images, labels = setup(name, batch=2)
@@ -182,6 +184,7 @@ def compiled_temp_bytes(name, method, timesteps):
     return analysis.step_cost(model, method, variables, images, labels, timesteps=timesteps, run=False).temp_bytes
 
 
+@pytest.mark.slow  # compiles ResNet-18 at two T
 @pytest.mark.parametrize("method", ["sltt", "ottt"])
 def test_online_memory_is_flat_in_timesteps(method):
     """resnet18: T = 8 within 5% of T = 2 (bptt_m's grows ~3×)."""
@@ -189,6 +192,7 @@ def test_online_memory_is_flat_in_timesteps(method):
     assert t8 <= 1.05 * t2, (t2, t8)
 
 
+@pytest.mark.slow  # compiles VGG-11 twice
 @pytest.mark.xfail(jax.default_backend() == "cpu", strict=True,
                    reason="XLA:CPU drops optimization barriers, so CSE merges jax.checkpoint's recomputation "
                           "back into the forward pass: bptt_remat's memory equals bptt_m's there")
