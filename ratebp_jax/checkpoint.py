@@ -1,4 +1,4 @@
-"""Orbax checkpoints of a training run: the latest one, and the best by test accuracy.
+"""Orbax checkpoints of a training run: the latest two, and the best by test accuracy.
 
     WORKDIR/checkpoints/latest/STEP/{state, progress}   every save; the newest two kept
     WORKDIR/checkpoints/best/STEP/{state, progress}     when test accuracy improves; one kept
@@ -29,8 +29,6 @@ import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 
 STATE_FIELDS = ("step", "params", "batch_stats", "opt_state")
-
-
 
 
 class CheckpointError(RuntimeError):

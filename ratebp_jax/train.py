@@ -12,8 +12,9 @@ On SIGTERM or SIGINT it saves after the current step and raises
 
 Several processes run the same loop, each feeding its local devices its slice
 of every global batch (``data.pipeline``); the pmapped step spans the devices
-of all processes, so gradients and BatchNorm statistics are averaged over all
-of them and a P-process run equals a one-process run on as many devices.
+of all processes (pmap spans processes as it is: each passes its local shards,
+so no shard_map is needed), so gradients and BatchNorm statistics are averaged
+over all of them and a P-process run equals a one-process run on as many devices.
 Process 0 alone prints, writes TensorBoard events and results.json; every
 process takes part in the checkpoints (Orbax's multi-process saves).
 """
