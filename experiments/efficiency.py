@@ -18,6 +18,10 @@ table and:
   memory_ratio_T6      rate_m / bptt_m compiled temporaries at T = 6
   rate_s_memory_T8_T1  rate_s compiled temporaries at T = 8 / at T = 1
   rate_m_vs_cost_model rate_m step time at T = 6 / (6 F + rate_m step time at T = 1)
+and the baselines' (SPEC §4):
+  bptt_s_vs_bptt_m_time_max  the largest bptt_s / bptt_m step time over the T measured
+  sltt_memory_T8_T2          sltt compiled temporaries at T = 8 / at T = 2 (ottt_...: ottt's)
+  sltt_k_vs_sltt_time_T6     sltt_k / sltt step time at T = 6
 A step slower than --max_step_s is not timed at larger T (its memory still is:
 compiling is cheap), so a slow method on a CPU does not take hours.
 """
@@ -83,7 +87,7 @@ def measure_isolated(method: str, timesteps: int, run: bool):
 
 
 def summarize(rows: list[dict]) -> dict:
-    """The four ratios of the module docstring (None where a needed row is missing or untimed)."""
+    """The ratios of the module docstring (None where a needed row is missing or untimed)."""
     def get(method, t, field):
         found = [r[field] for r in rows if r["method"] == method and int(r["timesteps"]) == t]
         return float(found[0]) if found and found[0] not in (None, "") else None
@@ -93,11 +97,17 @@ def summarize(rows: list[dict]) -> dict:
 
     fwd, rate_1 = get("forward", 1, "step_time_s"), get("rate_m", 1, "step_time_s")
     model_cost = None if fwd is None or rate_1 is None else 6 * fwd + rate_1
+    bptt_s_ratios = [r for r in (ratio(get("bptt_s", int(t), "step_time_s"), get("bptt_m", int(t), "step_time_s"))
+                                 for t in {row["timesteps"] for row in rows}) if r is not None]
     return {
         "time_ratio_T6": ratio(get("rate_m", 6, "step_time_s"), get("bptt_m", 6, "step_time_s")),
         "memory_ratio_T6": ratio(get("rate_m", 6, "compiled_temp_bytes"), get("bptt_m", 6, "compiled_temp_bytes")),
         "rate_s_memory_T8_T1": ratio(get("rate_s", 8, "compiled_temp_bytes"), get("rate_s", 1, "compiled_temp_bytes")),
         "rate_m_vs_cost_model": ratio(get("rate_m", 6, "step_time_s"), model_cost),
+        "bptt_s_vs_bptt_m_time_max": max(bptt_s_ratios, default=None),
+        "sltt_memory_T8_T2": ratio(get("sltt", 8, "compiled_temp_bytes"), get("sltt", 2, "compiled_temp_bytes")),
+        "ottt_memory_T8_T2": ratio(get("ottt", 8, "compiled_temp_bytes"), get("ottt", 2, "compiled_temp_bytes")),
+        "sltt_k_vs_sltt_time_T6": ratio(get("sltt_k", 6, "step_time_s"), get("sltt", 6, "step_time_s")),
     }
 
 

@@ -48,8 +48,23 @@ def test_efficiency_writes_table_plot_and_summary(tmp_path):
     assert memory[("bptt_m", "2")] > memory[("bptt_m", "1")] > memory[("forward", "1")] > 0
     assert (tmp_path / "efficiency.png").stat().st_size > 10_000
     with open(tmp_path / "efficiency_summary.json") as f:
-        assert set(json.load(f)) == {"time_ratio_T6", "memory_ratio_T6", "rate_s_memory_T8_T1", "rate_m_vs_cost_model"}
+        summary = json.load(f)
+    assert set(summary) == {"time_ratio_T6", "memory_ratio_T6", "rate_s_memory_T8_T1", "rate_m_vs_cost_model",
+                            "bptt_s_vs_bptt_m_time_max", "sltt_memory_T8_T2", "ottt_memory_T8_T2",
+                            "sltt_k_vs_sltt_time_T6"}
     assert "| digits_vgg | rate_s  | 2         | 16         |" in stdout
+
+
+def test_efficiency_summary_of_the_baselines():
+    from experiments import efficiency
+
+    def row(method, t, time, memory):
+        return {"method": method, "timesteps": str(t), "step_time_s": time, "compiled_temp_bytes": memory}
+    rows = [row("bptt_m", 1, 1.0, 10), row("bptt_s", 1, 1.2, 10), row("bptt_m", 2, 2.0, 20), row("bptt_s", 2, 3.0, 20),
+            row("sltt", 2, 1.0, 50), row("sltt", 8, 4.0, 51), row("sltt", 6, 3.0, 51), row("sltt_k", 6, "", 52)]
+    summary = efficiency.summarize(rows)
+    assert summary["bptt_s_vs_bptt_m_time_max"] == 1.5 and summary["sltt_memory_T8_T2"] == 51 / 50
+    assert summary["ottt_memory_T8_T2"] is None and summary["sltt_k_vs_sltt_time_T6"] is None  # untimed
 
 
 @pytest.mark.slow  # fresh processes per measurement
