@@ -64,7 +64,7 @@ def main(argv):
             print(preempted, file=sys.stderr, flush=True)
         sys.exit(PREEMPTED)
     train.say(f"done: test accuracy {results['test_accuracy']:.2f}% (best {results['best_test_accuracy']:.2f}%), "
-          f"{results['train_time_s']:.0f} s; results in {_WORKDIR.value}/results.json")
+              f"{results['train_time_s']:.0f} s; results in {_WORKDIR.value}/results.json")
 
 
 if __name__ == "__main__":

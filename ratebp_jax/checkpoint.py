@@ -100,8 +100,9 @@ class Checkpoints:
                                 {field: getattr(state, field) for field in STATE_FIELDS})
         args = ocp.args.Composite(state=ocp.args.StandardRestore(template), progress=ocp.args.JsonRestore())
         steps, unreadable = sorted(manager.all_steps(), reverse=True), []
-        if steps:
-            _mute_the_aftermath_of_failed_reads()
+        if not steps:
+            return None
+        _mute_the_aftermath_of_failed_reads()
         for step in steps:
             try:
                 restored = manager.restore(step, args=args)
@@ -114,11 +115,9 @@ class Checkpoints:
                                          "and deleting it", manager.directory / str(bad), reason, step)
                 manager.delete(bad)  # the rerun saves this step again
             return state.replace(**restored["state"]), dict(restored["progress"])
-        if steps:
-            raise CheckpointError(
-                f"no checkpoint in {manager.directory} can be read (steps {', '.join(map(str, steps))}; "
-                f"{unreadable[0][1]}); move {self.directory} aside to start afresh, or put a readable copy back")
-        return None
+        raise CheckpointError(
+            f"no checkpoint in {manager.directory} can be read (steps {', '.join(map(str, steps))}; "
+            f"{unreadable[0][1]}); move {self.directory} aside to start afresh, or put a readable copy back")
 
     def close(self) -> None:
         """Waits for pending saves."""
