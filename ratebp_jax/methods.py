@@ -7,7 +7,7 @@
     sltt        online: each step's loss, the carried membranes constant in its gradient
     sltt_k      sltt with only K of the T steps, drawn from rng, backpropagating
     ottt        online as sltt, weight gradients from presynaptic traces (OTTT_A)
-    bptt_remat  bptt_m that recomputes activations in the backward pass (jax.checkpoint)
+    bptt_remat  bptt_m whose backward pass recomputes each block's activations from its input
 
 Each takes (model, variables, images, labels, timesteps) with variables =
 {"params", "batch_stats"}, images [B, H, W, C] (static, repeated T times) or

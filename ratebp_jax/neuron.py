@@ -135,7 +135,8 @@ def check_time_major(x: jax.Array) -> None:
         raise ValueError(f"x must be floating-point input currents, got dtype {jnp.result_type(x)}")
 
 
-def lif_scan(x: jax.Array, neuron: LIFParams | None = None, **neuron_kwargs) -> jax.Array:
+def lif_scan(x: jax.Array, neuron: LIFParams | None = None, *, unroll: bool | int = 1,
+             **neuron_kwargs) -> jax.Array:
     """Spikes of a LIF population driven by currents x (BPTT-differentiable).
 
     Args:
@@ -143,11 +144,13 @@ def lif_scan(x: jax.Array, neuron: LIFParams | None = None, **neuron_kwargs) -> 
       neuron: LIFParams; or give its fields as keywords (decay=0.2,
         threshold=1.0, reset="soft", detach_reset=True, surrogate="sigmoid",
         alpha=4.0).
+      unroll: lax.scan's: steps per loop iteration; True writes all T out
+        (no loop).
     Returns:
       [T, ...] spikes of x's dtype with values 0 or 1.
     """
     neuron = as_lif_params(neuron, **neuron_kwargs)
     check_time_major(x)
     step = functools.partial(lif_step, neuron=neuron)
-    _, spikes = jax.lax.scan(step, jnp.zeros_like(x[0]), x)
+    _, spikes = jax.lax.scan(step, jnp.zeros_like(x[0]), x, unroll=unroll)
     return spikes

@@ -9,6 +9,7 @@ BatchNorm layers (see ratebp_jax.layers).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -50,13 +51,16 @@ class Layers:
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
-    def block(self, target: Callable | type[nn.Module], mode: str) -> Callable | type[nn.Module]:
-        """A block of a model: a Module class called as block(x, mode), or a function
-        f(module, x, mode) that creates its layers. In mode "bptt_remat" it is
-        wrapped in nn.remat, so that the backward pass recomputes the block's
-        activations from its input instead of storing them; otherwise it is target.
+    def block(self, parent: nn.Module, block: nn.Module | Callable, x: jax.Array, mode: str) -> jax.Array:
+        """A block of the model parent applied to x: a child module of parent, called as
+        block(x, mode), or a function block(module, x, mode) that creates its layers in
+        module. In mode "bptt_remat" the backward pass recomputes the block's activations
+        from x instead of storing them (recompute_in_backward).
         """
-        return nn.remat(target, static_argnums=(2,)) if mode == "bptt_remat" else target
+        fn = (lambda module, x, mode: block.clone(parent=module)(x, mode)) if isinstance(block, nn.Module) else block
+        if mode == "bptt_remat" and not parent.is_initializing():
+            return recompute_in_backward(parent, fn, x, mode)
+        return block(x, mode) if isinstance(block, nn.Module) else block(parent, x, mode)
 
     def lif(self, name: str) -> LIF:
         return LIF(self.neuron, name=name)
@@ -81,6 +85,61 @@ class Layers:
         return Dense(features, kernel_init=kernel_init, bias_init=bias_init or torch_default_bias(in_features),
                      dtype=self.dtype, param_dtype=self.param_dtype, spiking_input=spiking_input,
                      trace_decay=self.neuron.decay, name=name)
+
+
+class _Call(nn.Module):
+    """fn(module, x, mode) as a module: the layers fn creates are its children, named as fn names them."""
+
+    fn: Callable
+
+    @nn.compact
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        return self.fn(self, x, mode)
+
+
+def recompute_in_backward(module: nn.Module, fn: Callable, x: jax.Array, mode: str) -> jax.Array:
+    """fn(module, x, mode) -> y, where fn creates and calls layers of module: its values,
+    gradients and running statistics, keeping only x and the parameters for the backward
+    pass, which recomputes fn's activations ("bptt_remat").
+
+    Not nn.remat (jax.checkpoint): XLA:CPU drops its optimization barriers, and CSE merges
+    the recomputation back into the forward pass, which then stores every activation
+    (vgg11, batch 8, T = 6: 175 MiB, bptt_m 179 MiB). Here the recomputation reads
+    x + 0·Σg, g the gradient of y, which no compiler can move before g exists (81 MiB).
+    A jax.custom_vjp of the block's own variables (named by an abstract init), not
+    nn.custom_vjp: that lifts all of module's variables, and the running statistics that
+    earlier blocks updated would leave it as escaped tracers.
+    """
+    block = _Call(fn)
+    own = jax.eval_shape(lambda x: block.init(jax.random.key(0), x, mode), x)  # names of its variables
+    variables = {c: {name: module.variables[c][name] for name in own[c]} for c in own}
+    y, updates = _recompute_in_backward(block.apply, variables, x, mode)
+    for name, stats in updates.get("batch_stats", {}).items():
+        module.put_variable("batch_stats", name, stats)
+    return y
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _recompute_in_backward(apply: Callable, variables: dict, x: jax.Array, mode: str) -> tuple[jax.Array, dict]:
+    return apply(variables, x, mode, mutable="batch_stats")
+
+
+def _recompute_fwd(apply, variables, x, mode):
+    return _recompute_in_backward(apply, variables, x, mode), (variables["params"], x)
+
+
+def _recompute_bwd(apply, mode, residuals, g):
+    params, x = residuals
+    tied = x + (0 * jnp.sum(g[0])).astype(x.dtype)
+
+    def recompute(params, x):  # with new running statistics, discarded (they change no output)
+        return apply({"params": params}, x, mode, mutable="batch_stats")[0]
+
+    params_grad, x_grad = jax.vjp(recompute, params, tied)[1](g[0])
+    return {"params": params_grad, "batch_stats": None}, x_grad
+
+
+_recompute_in_backward.defvjp(_recompute_fwd, _recompute_bwd)
 
 
 def check_channels(x: jax.Array, in_channels: int) -> None:

@@ -83,8 +83,8 @@ class ImageNetResNet(nn.Module):
         for stage, (features, blocks) in enumerate(zip(STAGE_FEATURES, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                block_cls = L.block(ImageNetBlock, mode)
-                x = block_cls(features, stride, self.preact, L, name=f"layer{stage + 1}_{block}")(x, mode)
+                x = L.block(self, ImageNetBlock(features, stride, self.preact, L, name=f"layer{stage + 1}_{block}"),
+                            x, mode)
         return L.dense(self.num_classes, in_features=x.shape[-1], spiking_input=not self.preact,
                        name="fc")(global_avg_pool(x), mode)
 

@@ -62,7 +62,7 @@ class ResNet(nn.Module):
         for stage, (features, blocks) in enumerate(zip(self.stage_features, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = L.block(BasicBlock, mode)(features, stride, L, name=f"layer{stage + 1}_{block}")(x, mode)
+                x = L.block(self, BasicBlock(features, stride, L, name=f"layer{stage + 1}_{block}"), x, mode)
         x = global_avg_pool(x)
         if self.hidden_features:
             x = L.dense(self.hidden_features, in_features=x.shape[-1], name="fc1")(x, mode)

@@ -57,8 +57,7 @@ class VGG(nn.Module):
             if isinstance(item, str):
                 x = POOLS[item](x)
                 continue
-            block = functools.partial(conv_bn_lif, layers=L, features=item, index=convs)
-            x = L.block(block, mode)(self, x, mode)
+            x = L.block(self, functools.partial(conv_bn_lif, layers=L, features=item, index=convs), x, mode)
             convs += 1
         if self.features[-1] != "AA":  # still [..., H, W, C]
             x = flatten(x)
