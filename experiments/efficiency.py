@@ -164,8 +164,9 @@ def main(argv):
     with open(os.path.join(_OUT.value, "efficiency_summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     print(report.table(rows, COLUMNS))
+    width = max(map(len, summary)) + 2
     for name, value in summary.items():
-        print(f"{name:22s}{'-' if value is None else f'{value:.3f}'}")
+        print(f"{name:{width}s}{'-' if value is None else f'{value:.3f}'}")
     print(f"wrote {_OUT.value}/efficiency.csv, efficiency.png, efficiency_summary.json")
 
 
