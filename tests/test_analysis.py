@@ -79,6 +79,21 @@ def test_rate_s_memory_is_flat_in_timesteps():
     assert bptt_m[1] >= 2 * bptt_m[0], bptt_m
 
 
+@pytest.mark.slow  # compiles ResNet-18's rate_m step at 2 T
+def test_rate_m_memory_grows_by_about_one_layer_per_time_step():
+    """SPEC §4: rate_m's memory ∝ B·(sum of layer sizes) + T·B·(largest layer). resnet18, batch 8:
+    each step from T = 2 to 8 adds at most 4 copies of the largest layer [8, 32, 32, 64]
+    (a scan's stacked spikes, all allocated at the program's start, added 10)."""
+    model = models.create("resnet18", num_classes=10)
+    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
+    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))
+    t2, t8 = (analysis.step_cost(model, "rate_m", variables, images, labels, timesteps=t, run=False).temp_bytes
+              for t in (2, 8))
+    largest_layer = 8 * 32 * 32 * 64 * 4
+    assert (t8 - t2) / 6 <= 4 * largest_layer, (t2, t8)
+
+
 def test_step_cost_times_the_step():
     model, variables, images, labels = setup("digits_vgg", dtype=jnp.float32, batch=4)
     cost = analysis.step_cost(model, "rate_m", variables, images, labels, timesteps=2, repeats=2)
