@@ -8,6 +8,7 @@ import pytest
 
 from ratebp_jax import analysis, layers, models
 from test_methods import setup
+from test_online_methods import compiled_temp_bytes
 
 
 def test_call_order_is_network_order_not_alphabetical():
@@ -65,16 +66,8 @@ def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
 @pytest.mark.slow  # compiles ResNet-18's rate_s step at 3 T
 def test_rate_s_memory_is_flat_in_timesteps():
     """rate_s at T = 8 needs within 5% of its T = 1 and T = 2 compiled memory; bptt_m's grows with T."""
-    model = models.create("resnet18", num_classes=10)
-    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
-    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))
-
-    def temp_bytes(method, t):
-        return analysis.step_cost(model, method, variables, images, labels, timesteps=t, run=False).temp_bytes
-
-    rate_s = [temp_bytes("rate_s", t) for t in (1, 2, 8)]
-    bptt_m = [temp_bytes("bptt_m", t) for t in (2, 8)]
+    rate_s = [compiled_temp_bytes("resnet18", "rate_s", t) for t in (1, 2, 8)]
+    bptt_m = [compiled_temp_bytes("resnet18", "bptt_m", t) for t in (2, 8)]
     assert rate_s[2] <= 1.05 * min(rate_s[:2]), rate_s
     assert bptt_m[1] >= 2 * bptt_m[0], bptt_m
 
@@ -84,12 +77,7 @@ def test_rate_m_memory_grows_by_about_one_layer_per_time_step():
     """SPEC §4: rate_m's memory ∝ B·(sum of layer sizes) + T·B·(largest layer). resnet18, batch 8:
     each step from T = 2 to 8 adds at most 4 copies of the largest layer [8, 32, 32, 64]
     (a scan's stacked spikes, all allocated at the program's start, added 10)."""
-    model = models.create("resnet18", num_classes=10)
-    images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
-    labels = jax.ShapeDtypeStruct((8,), jnp.int32)
-    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))
-    t2, t8 = (analysis.step_cost(model, "rate_m", variables, images, labels, timesteps=t, run=False).temp_bytes
-              for t in (2, 8))
+    t2, t8 = (compiled_temp_bytes("resnet18", "rate_m", t) for t in (2, 8))
     largest_layer = 8 * 32 * 32 * 64 * 4
     assert (t8 - t2) / 6 <= 4 * largest_layer, (t2, t8)
 
