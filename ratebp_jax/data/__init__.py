@@ -8,21 +8,24 @@
 
 Static-image datasets yield "image" [B, H, W, C] (repeated at every time
 step); the datasets of SEQUENCE_LENGTHS yield sequences [B, T, H, W, C] with a
-fixed T ("cifar10_dvs": [B, 10, 48, 48, 2] event frames), used as given, so a
-training config's ``timesteps`` must equal that T.
+fixed T, used as given, so a training config's ``timesteps`` must equal that
+T: "cifar10_dvs" [B, 10, 48, 48, 2] event frames, and the temporal digits of
+SPEC §8, "digits_rows" [B, 8, 1, 8, 1] (one image row per step) and
+"digits_latency" [B, 8, 8, 8, 1] (one spike per pixel).
 
 See ``pipeline`` for determinism (same (seed, epoch) -> same batches;
 ``start_step`` resumes mid-epoch) and per-process sharding, and the dataset
-modules (``digits``, ``cifar``, ``imagenet``, ``dvs``), each declaring its
-source and preprocessing as a ``pipeline.Dataset``.
+modules (``digits``, ``temporal``, ``cifar``, ``imagenet``, ``dvs``), each
+declaring its source and preprocessing as a ``pipeline.Dataset``.
 """
 
 from __future__ import annotations
 
-from ratebp_jax.data import cifar, digits, dvs, imagenet, pipeline
+from ratebp_jax.data import cifar, digits, dvs, imagenet, pipeline, temporal
 from ratebp_jax.data.pipeline import DataNotFoundError, Split, hide_gpus_from_tensorflow
 
-_DATASETS = {d.name: d for d in (digits.DATASET, *cifar.DATASETS, imagenet.DATASET, dvs.DATASET)}
+_DATASETS = {d.name: d for d in (digits.DATASET, *temporal.DATASETS, *cifar.DATASETS, imagenet.DATASET,
+                                 dvs.DATASET)}
 DATASETS = tuple(_DATASETS)
 # Datasets of sequences: name -> frames per example (T of "image" [B, T, H, W, C]).
 SEQUENCE_LENGTHS = {name: d.input_shape[0] for name, d in _DATASETS.items() if len(d.input_shape) == 4}
