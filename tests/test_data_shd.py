@@ -57,7 +57,8 @@ def test_window_edges_and_unsorted_times():
     units = np.array([5, 1, 2, 3, 4, 6, 7])
     frames = shd.events_to_frames(times, units)[:, 0, :, 0]
     kept = {tuple(index) for index in np.argwhere(frames)}
-    assert kept == {(0, 1), (0, 2), (1, 3), (shd.NUM_FRAMES - 1, 4)}  # [edge_j, edge_j+1); before 0 and from 1.4 s: dropped
+    # frame j holds [edge_j, edge_j+1); spikes before 0 s and from 1.4 s on (units 5, 6, 7) are dropped
+    assert kept == {(0, 1), (0, 2), (1, 3), (shd.NUM_FRAMES - 1, 4)}
     assert frames.sum() == 4
     order = np.random.default_rng(0).permutation(len(times))
     np.testing.assert_array_equal(shd.events_to_frames(times[order], units[order])[:, 0, :, 0], frames)
