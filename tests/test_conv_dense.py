@@ -53,16 +53,17 @@ def check_plain_modes(ours, theirs, x):
         assert str(jax.make_jaxpr(ours_fn)(params, x)) == expected, mode
 
 
-def check_step_modes(ours, theirs, x):
+def check_step_modes(ours, theirs, x, rtol=1e-10):
     """ours(x, mode) == theirs(x) in the step modes with gradients, values and gradients
-    (params, input) within 1e-10; in "ottt_step" the weight gradient of a layer fed by
+    (params, input) within rtol; in "ottt_step" the weight gradient of a layer fed by
     spikes is autodiff's at the presynaptic trace of its input (DECAY · previous + x)."""
     rng = np.random.default_rng(1)
-    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape)),
+    params = jax.tree.map(lambda s: jnp.asarray(rng.normal(size=s.shape), s.dtype),
                           jax.eval_shape(theirs.init, jax.random.key(0), x)["params"])
-    previous = jnp.asarray(rng.normal(size=x.shape))  # the step before x, in "ottt_step"
+    previous = jnp.asarray(rng.normal(size=x.shape), x.dtype)  # the step before x, in "ottt_step"
     flax_fn = lambda p, x: theirs.apply({"params": p}, x)
-    out_weights = jnp.asarray(rng.normal(size=jax.eval_shape(flax_fn, params, x).shape))
+    out = jax.eval_shape(flax_fn, params, x)
+    out_weights = jnp.asarray(rng.normal(size=out.shape), out.dtype)
 
     def value_and_grads(fn, x):  # fn(params, x) -> y; the gradients of Σ y · out_weights
         return fn(params, x), jax.grad(lambda p, x: jnp.sum(fn(p, x) * out_weights), (0, 1))(params, x)
@@ -86,7 +87,7 @@ def check_step_modes(ours, theirs, x):
 
     actual, expected = results()
     for mode in actual:
-        assert_close(actual[mode], expected[mode], label=mode)
+        assert_close(actual[mode], expected[mode], rtol, label=mode)
 
 
 def conv_case(case, **ours_kwargs):
@@ -109,6 +110,15 @@ def test_conv_equals_flax_in_the_step_modes(case, conv_gradients):
     """Values and gradients (params, input) within 1e-10 of nn.Conv's, float64, with either
     gradient form ("auto" is one of them: test_auto_writes_native_layouts_for_cpu_only)."""
     check_step_modes(*conv_case(case, conv_gradients=conv_gradients))
+
+
+@pytest.mark.parametrize("conv_gradients", ["native_layouts", "autodiff"])
+def test_conv_keeps_flax_dtypes_in_the_step_modes(conv_gradients):
+    """dtype bfloat16 with float32 parameters and input: nn.Conv's dtypes, values and
+    gradients (to bfloat16's rounding: the two gradient forms sum in other orders)."""
+    kwargs = dict(features=6, kernel_size=(3, 3), strides=2, dtype=jnp.bfloat16)
+    x = jnp.asarray(np.random.default_rng(0).normal(size=(2, 7, 6, 4)), jnp.float32)
+    check_step_modes(layers.Conv(**kwargs, conv_gradients=conv_gradients), nn.Conv(**kwargs), x, rtol=1e-2)
 
 
 @pytest.mark.parametrize("kwargs,shape", [(dict(), (3, 5)), (dict(use_bias=False), (3, 5)),
