@@ -23,15 +23,17 @@ A model is written once and called with a ``mode``:
 
 Running BatchNorm statistics are updated by every mode with batch statistics
 ("bptt", "spike" and the step modes), never by "rate" or "eval". Conv and
-Dense are flax's, with the same parameters; only "ottt_step" changes them.
+Dense take flax's arguments and compute flax's values and gradients in every
+mode; Conv writes its own gradients in "bptt_step" and "ottt_step"
+(online.conv), and "ottt_step" takes weight gradients at the trace.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import flax.linen as nn
-from flax.linen.dtypes import promote_dtype
+from flax.linen.linear import canonicalize_padding
 import jax
 import jax.numpy as jnp
 
@@ -162,35 +164,109 @@ def _as_function(module: nn.Module):
 
 
 class Conv(nn.Conv):
-    """nn.Conv (same parameters) called as conv(x, mode); conv(x) is conv(x, "eval").
+    """nn.Conv (same arguments, same parameters) called as conv(x, mode); conv(x) is conv(x, "eval").
 
-    In the step modes with gradients ("bptt_step", "ottt_step") it computes
-    the same values with online.conv, whose gradients equal autodiff's and
-    stay fast inside a time loop on XLA:CPU; in "ottt_step" a conv with
-    spiking_input takes its kernel gradient at the presynaptic trace of its
-    input x [B, H, W, C] (OTTT, SPEC §3.4). In the other modes it is nn.Conv.
+    In every mode it computes nn.Conv's value, and with gradients autodiff's
+    gradients of it; in the step modes with gradients ("bptt_step",
+    "ottt_step") through online.conv, whose gradients are written in the form
+    ``conv_gradients`` names (online.CONV_GRADIENTS: XLA:CPU's native layouts
+    when lowered for the CPU, autodiff's form elsewhere, unless told). In
+    "ottt_step" a conv with spiking_input takes its kernel gradient at the
+    presynaptic trace of its input x [..., *spatial, C] instead (OTTT, SPEC
+    §3.4). In the other modes it is nn.Conv itself.
+
+    nn.Conv's arguments, in every mode (one ValueError naming the argument
+    and the layer, at the first call, for those refused):
+      features, kernel_size       supported (any number of spatial axes)
+      strides                     supported (int or one per spatial axis)
+      padding                     supported: "SAME", "VALID", "SAME_LOWER", int, a
+                                  sequence of ints and/or (low, high) pairs,
+                                  "CIRCULAR", "REFLECT", "CAUSAL" (1-D)
+      kernel_dilation             supported (int or one per spatial axis)
+      feature_group_count         supported
+      use_bias, mask              supported
+      kernel_init, bias_init      supported
+      dtype, param_dtype, precision, promote_dtype   supported
+      input_dilation (≠ 1)        refused: a transposed convolution, whose
+                                  gradients the step modes do not write
+      conv_general_dilated, conv_general_dilated_cls   refused: flax's deprecated
+                                  hooks, which the step modes would bypass
+    Inputs may have any number of leading axes (flattened into one, as
+    nn.Conv does). Our own fields: spiking_input, trace_decay (OTTT) and
+    conv_gradients ("auto", "native_layouts" or "autodiff"; the same numbers).
     """
 
     spiking_input: bool = True   # False for a conv fed by real values (the image): OTTT uses x itself
     trace_decay: float = 0.2     # λ of the presynaptic trace (the LIF decay)
+    conv_gradients: str = "auto"  # how the step modes write the gradients (online.CONV_GRADIENTS)
 
     @nn.compact
     def __call__(self, x: jax.Array, mode: str = "eval") -> jax.Array:
         check_mode(mode)
+        self._check_arguments()
         if mode not in ("bptt_step", "ottt_step") or not self.has_variable("params", "kernel"):
             return super().__call__(x)  # (the second case: initialising, which creates the parameters)
         grad_input = _presynaptic_trace(self, x) if mode == "ottt_step" and self.spiking_input else x
+        return self._step_conv(x, grad_input)
+
+    def _check_arguments(self) -> None:
+        where = f"Conv {'/'.join(self.path)!r}" if self.path else "Conv"
+        if any(d != 1 for d in _per_axis(self.input_dilation, 1)):
+            raise ValueError(f"{where}: input_dilation={self.input_dilation!r} is not supported (the step modes "
+                             "write a conv's gradients themselves); use 1")
+        for hook in ("conv_general_dilated", "conv_general_dilated_cls"):
+            if getattr(self, hook) is not None:
+                raise ValueError(f"{where}: {hook} is not supported (the step modes call "
+                                 "lax.conv_general_dilated themselves); leave it None")
+        if self.conv_gradients not in online.CONV_GRADIENTS:
+            raise ValueError(f"{where}: conv_gradients must be one of {online.CONV_GRADIENTS}, "
+                             f"got {self.conv_gradients!r}")
+
+    def _step_conv(self, x: jax.Array, grad_input: jax.Array) -> jax.Array:
+        """nn.Conv's value of x [..., *spatial, C_in] by online.conv, kernel gradient at grad_input (like x)."""
         params = self.variables["params"]
-        x, kernel, grad_input = promote_dtype(x, params["kernel"], grad_input, dtype=self.dtype)
-        strides = (self.strides,) * 2 if isinstance(self.strides, int) else tuple(self.strides)
-        y = online.conv(x, kernel, grad_input, strides, tuple(map(tuple, self.padding)))
-        return y + params["bias"].astype(y.dtype) if self.use_bias else y
+        kernel = params["kernel"] if self.mask is None else params["kernel"] * self.mask
+        num_spatial = kernel.ndim - 2
+        batch_shape = x.shape[:x.ndim - num_spatial - 1]
+        x, grad_input = (a.reshape(-1, *a.shape[len(batch_shape):]) for a in (x, grad_input))
+        strides, dilation = _per_axis(self.strides, num_spatial), _per_axis(self.kernel_dilation, num_spatial)
+        padding = canonicalize_padding(self.padding, num_spatial)
+        if padding in ("CIRCULAR", "REFLECT", "CAUSAL"):  # as nn.Conv: the input padded, then "VALID"
+            x, grad_input = (_pad_as_flax(a, padding, kernel.shape[:-2], dilation) for a in (x, grad_input))
+            padding = "VALID"
+        x, kernel, bias = self.promote_dtype(x, kernel, params.get("bias"), dtype=self.dtype)
+        y = online.conv(x, kernel, grad_input, strides=strides, padding=padding, kernel_dilation=dilation,
+                        feature_group_count=self.feature_group_count, precision=self.precision,
+                        gradients=self.conv_gradients)
+        if self.use_bias:
+            y = y + bias.reshape((1,) * (y.ndim - 1) + bias.shape)
+        return y.reshape(batch_shape + y.shape[1:])
+
+
+def _per_axis(value: int | Sequence[int] | None, num_spatial: int) -> tuple[int, ...]:
+    """nn.Conv's reading of strides and dilations: None is 1, an int is the same on every axis."""
+    value = 1 if value is None else value
+    return (value,) * num_spatial if isinstance(value, int) else tuple(value)
+
+
+def _pad_as_flax(x: jax.Array, padding: str, window: Sequence[int], dilation: Sequence[int]) -> jax.Array:
+    """x [B, *spatial, C] padded as nn.Conv pads it for "CIRCULAR", "REFLECT" and "CAUSAL" (1-D)."""
+    spans = [(k - 1) * d + 1 for k, d in zip(window, dilation)]
+    if padding == "CAUSAL":  # 1-D only: nn.Conv refuses the others when initialising
+        return jnp.pad(x, ((0, 0), (spans[0] - 1, 0), (0, 0)))
+    pads = [(0, 0), *(((span - 1) // 2, span // 2) for span in spans), (0, 0)]
+    return jnp.pad(x, pads, mode={"CIRCULAR": "wrap", "REFLECT": "reflect"}[padding])
 
 
 class Dense(nn.Dense):
-    """nn.Dense (same parameters) called as dense(x, mode); in "ottt_step" a layer with
-    spiking_input takes its weight gradient at the presynaptic trace of its input
-    x [B, features] (OTTT, SPEC §3.4). In the other modes it is nn.Dense."""
+    """nn.Dense (same arguments, same parameters) called as dense(x, mode); dense(x) is dense(x, "eval").
+
+    In every mode it is nn.Dense itself, with every argument of nn.Dense,
+    except that in "ottt_step" a layer with spiking_input takes its weight
+    gradient at the presynaptic trace of its input x [..., features] (OTTT,
+    SPEC §3.4): online.custom_weight_grad around nn.Dense, the weight
+    gradient autodiff's at the trace.
+    """
 
     spiking_input: bool = True
     trace_decay: float = 0.2
