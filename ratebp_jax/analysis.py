@@ -70,7 +70,7 @@ SLTT_K_KEY = 0  # the key sltt_k's steps are drawn from in these measurements (t
 
 
 def method_options(method: str, k: int | None, timesteps: int) -> dict:
-    """run_method's rng (key SLTT_K_KEY) and k (at most T) for sltt_k; none for the other methods."""
+    """step_output's rng (key SLTT_K_KEY) and k (at most T) for sltt_k; none for the other methods."""
     if method != "sltt_k":
         return {}
     return dict(rng=jax.random.key(SLTT_K_KEY), k=None if k is None else min(k, timesteps))
@@ -79,7 +79,7 @@ def method_options(method: str, k: int | None, timesteps: int) -> dict:
 @functools.partial(jax.jit, static_argnums=(0, 1), static_argnames=("timesteps", "k"))
 def _grads(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
            timesteps: int, k: int | None = None) -> Any:
-    return methods_lib.run_method(method, model, variables, images, labels, timesteps=timesteps,
+    return methods_lib.step_output(method, model, variables, images, labels, timesteps=timesteps,
                                   **method_options(method, k, timesteps)).grads
 
 
@@ -246,7 +246,7 @@ def step_cost(model: nn.Module, method: str, variables: dict, images: jax.Array,
     after one warm-up call. k: sltt_k's K.
     """
     options = method_options(method, k, timesteps)
-    step = jax.jit(lambda v, x, y: methods_lib.run_method(method, model, v, x, y, timesteps=timesteps, **options))
+    step = jax.jit(lambda v, x, y: methods_lib.step_output(method, model, v, x, y, timesteps=timesteps, **options))
     compiled = step.lower(variables, images, labels).compile()
     return _cost(compiled, (variables, images, labels), run=run, repeats=repeats)
 

@@ -231,9 +231,10 @@ def check_labels(labels: jax.Array, images: jax.Array) -> None:
                          f"batch), got shape {shape} and dtype {dtype}")
 
 
-def run_method(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
-               timesteps: int, rng: jax.Array | None = None, k: int | None = None) -> StepOutput:
-    """The StepOutput of one training step's forward and backward passes.
+def step_output(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
+                timesteps: int, rng: jax.Array | None = None, k: int | None = None) -> StepOutput:
+    """The StepOutput of one training step's forward and backward passes (compute_grads's
+    arguments; the training loop also needs the logits).
 
     rng and k: the key and K of sltt_k (both required there, ignored by the
     other methods). Shapes and dtypes are checked here; label values are not
@@ -259,7 +260,7 @@ def compute_grads(method: str, model: nn.Module, variables: dict, images: jax.Ar
     for sltt_k (a key, and 1 <= k <= timesteps). grads has the structure of
     variables["params"].
     """
-    out = run_method(method, model, variables, images, labels, timesteps=timesteps, rng=rng, k=k)
+    out = step_output(method, model, variables, images, labels, timesteps=timesteps, rng=rng, k=k)
     return out.loss, out.grads, out.batch_stats
 
 
