@@ -28,7 +28,6 @@ compiling is cheap), so a slow method on a CPU does not take hours.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
@@ -70,6 +69,13 @@ def setup():
     images = jax.random.normal(jax.random.key(1), (_BATCH.value, h, w, c), _DTYPE.value)
     labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
     return model, models.init(model, jax.random.key(0), images, timesteps=1), images, labels
+
+
+def measure_here():
+    """analysis.measure_in_process of the flags' model and batch."""
+    from ratebp_jax import analysis
+
+    return analysis.measure_in_process(*setup(), repeats=_REPEATS.value, k=_SLTT_K.value)
 
 
 def measure_isolated(method: str, timesteps: int, run: bool):
@@ -119,9 +125,7 @@ def main(argv):
 
     if _ONE.value:
         method, timesteps, run = _ONE.value.split(":")
-        model, variables, images, labels = setup()
-        cost = analysis.measure_cost(model, method, int(timesteps), run == "1", variables=variables, images=images,
-                                     labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
+        cost = measure_here()(method, int(timesteps), run == "1")
         print(json.dumps({**cost._asdict(), "device": report.device_name()}))
         return
     if not _OUT.value:
@@ -141,10 +145,8 @@ def main(argv):
             cost, device["name"] = measure_isolated(method, t, run)
             return cost
     else:
-        model, variables, images, labels = setup()
+        measure_one = measure_here()
         device["name"] = report.device_name()
-        measure_one = functools.partial(analysis.measure_cost, model, variables=variables, images=images,
-                                        labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
 
     def measure(method, t, run):
         cost = measure_one(method, t, run)
@@ -152,8 +154,7 @@ def main(argv):
         print(f"{method} T={t}: {timed}, {cost.temp_bytes / 2**20:.1f} MiB compiled temporaries", flush=True)
         return cost
 
-    rows = analysis.cost_sweep(timesteps=timesteps, methods=method_names, max_step_s=_MAX_STEP_S.value,
-                               measure=measure)
+    rows = analysis.cost_sweep(measure, timesteps=timesteps, methods=method_names, max_step_s=_MAX_STEP_S.value)
     common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": device["name"]}
     rows = [{**common, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]
     os.makedirs(_OUT.value, exist_ok=True)
