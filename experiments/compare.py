@@ -4,7 +4,9 @@
         [--sltt_k 1] [--config.FIELD=VALUE ...]
 
 Trains each method on each seed with experiments.train's train_and_evaluate
-(in DIR/runs/METHOD_seedN; rerunning resumes and reuses finished runs), then
+(in DIR/runs/METHOD_seedN). Rerunning the same command resumes unfinished runs
+and reuses finished ones; a rerun with changed flags stops with one line naming
+the fields before anything is trained (every run's record is checked first). Then it
 measures one training step of each method at the config's batch size and T on
 one device: the median wall time of the jitted step and XLA's compiled memory
 of it (analysis.step_cost). Writes
@@ -20,12 +22,11 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import report
+from experiments import cli, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:smoke]).")
 _METHODS = flags.DEFINE_list("methods", ["all"], "Methods (ratebp_jax.METHODS), or 'all'.")
@@ -92,7 +93,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     report.quiet_library_logs()
-    from ratebp_jax import configuration, data, methods, plotting, train
+    from ratebp_jax import configuration, data, methods, plotting, runs, train
 
     names = list(methods.METHODS) if _METHODS.value == ["all"] else _METHODS.value
     unknown = [m for m in names if m not in methods.METHODS]
@@ -107,24 +108,26 @@ def main(argv):
         for seed in seeds:
             config = base.copy_and_resolve_references()
             config.method, config.seed = method, seed
+            workdir = os.path.join(_OUT.value, "runs", f"{config.method}_seed{config.seed}")
             try:
-                configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
-            except configuration.ConfigError as error:
-                print(f"error: {error}", file=sys.stderr)
-                sys.exit(2)
-            configs.append(config)
+                train.check_run(config, workdir)  # all of them before any training
+            except (configuration.ConfigError, runs.RunError) as error:
+                cli.fail(error)
+            configs.append((config, workdir))
 
-    runs = []
-    for i, config in enumerate(configs, 1):
+    results = []
+    for i, (config, workdir) in enumerate(configs, 1):
         print(f"=== run {i}/{len(configs)}: {config.method}, seed {config.seed}", flush=True)
-        workdir = os.path.join(_OUT.value, "runs", f"{config.method}_seed{config.seed}")
-        result = train.train_and_evaluate(config, workdir)
-        runs.append({"method": config.method, "seed": config.seed, **result})
-    report.write_csv(os.path.join(_OUT.value, "compare_runs.csv"), runs, RUN_COLUMNS)
+        try:
+            result = train.train_and_evaluate(config, workdir)
+        except (configuration.ConfigError, runs.RunError, data.DataNotFoundError) as error:
+            cli.fail(error)
+        results.append({"method": config.method, "seed": config.seed, **result})
+    report.write_csv(os.path.join(_OUT.value, "compare_runs.csv"), results, RUN_COLUMNS)
 
     print("=== step time and compiled memory, one device", flush=True)
     split = data.make_split(base.dataset, train=False, batch_size=base.eval_batch_size, data_dir=base.data_dir or None)
-    rows = summarize(runs, step_costs(base, names, split))
+    rows = summarize(results, step_costs(base, names, split))
     report.write_csv(os.path.join(_OUT.value, "compare.csv"), rows, COLUMNS)
     table = markdown(rows)
     with open(os.path.join(_OUT.value, "compare.md"), "w") as f:
@@ -137,4 +140,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

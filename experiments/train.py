@@ -3,10 +3,13 @@
     python -m experiments.train --config configs/digits.py --workdir runs/digits \
         [--config.method=bptt_m --config.timesteps=6 ...] [--distributed]
 
-WORKDIR receives checkpoints/ (Orbax), TensorBoard event files and
-results.json. A bad config value stops the run before anything is compiled,
-with one line naming the field; so does a dataset that is not prepared, with
-the directory searched and the command that prepares it (experiments.prepare).
+WORKDIR receives the run's record (config.json, history.jsonl), checkpoints/
+(Orbax), TensorBoard event files and results.json. Each of these stops the run
+with one line and exit status 2, before any data are loaded: an unknown or bad
+config field, a workdir that cannot be written or that another run holds, a
+config that differs from the one the workdir's run was trained with (naming
+each field); so does a dataset that is not prepared, with the directory
+searched and the command that prepares it (experiments.prepare).
 For several hosts, start the same command on each with --distributed (JAX's
 jax.distributed.initialize: automatic on TPU pods and SLURM, else set
 JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID; README,
@@ -19,7 +22,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from experiments import report
+from experiments import cli, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:smoke]).",
                                           lock_config=True)
@@ -31,34 +34,25 @@ flags.mark_flags_as_required(["config", "workdir"])
 PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
 
 
-def fail(error: Exception) -> None:
-    """One line naming what is wrong, exit 2 (bad config, missing data, unreadable checkpoints)."""
-    print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
-
-
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     report.quiet_library_logs()
     import jax
 
-    from ratebp_jax import checkpoint, configuration, data, multihost, train
+    from ratebp_jax import checkpoint, configuration, data, multihost, runs, train
 
     if _DISTRIBUTED.value:
         try:
             multihost.initialize()
         except ValueError as error:
-            fail(ValueError(f"--distributed: {error} Set {', '.join(multihost.ENVIRONMENT)}, "
-                            "or run under SLURM or on a TPU VM, where JAX finds them."))
-    try:
-        configuration.validate(_CONFIG.value, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
-    except configuration.ConfigError as error:
-        fail(error)
+            cli.fail(f"--distributed: {error} Set {', '.join(multihost.ENVIRONMENT)}, "
+                     "or run under SLURM or on a TPU VM, where JAX finds them.")
     try:
         results = train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-    except (data.DataNotFoundError, checkpoint.CheckpointError) as error:  # raised before the first step
-        fail(error)
+    except (configuration.ConfigError, runs.RunError, data.DataNotFoundError,
+            checkpoint.CheckpointError) as error:  # raised before the first step
+        cli.fail(error)
     except multihost.Preempted as preempted:
         if jax.process_index() == 0:
             print(preempted, file=sys.stderr, flush=True)
@@ -68,4 +62,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

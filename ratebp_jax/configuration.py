@@ -6,6 +6,7 @@ import dataclasses
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 
 from ratebp_jax import methods, models
 from ratebp_jax.neuron import LIFParams
@@ -28,13 +29,17 @@ def _is_int(value: Any) -> bool:
 
 
 def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None, *,
-             sequence_lengths: Mapping[str, int] | None = None) -> None:
+             sequence_lengths: Mapping[str, int] | None = None,
+             input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Raises ConfigError for the first invalid field of ``config`` (an ml_collections ConfigDict).
 
     datasets: the dataset names the data package knows. device_count: the
     global number of devices the batch is split over (default: all devices).
     sequence_lengths: dataset name -> frames per example for the datasets of
     sequences (data.SEQUENCE_LENGTHS), whose timesteps must equal it.
+    input_shapes: dataset name -> shape of one example (data.INPUT_SHAPES);
+    with it, the model is traced abstractly on that shape (nothing computed),
+    so that a model that cannot take it (vgg11 on 8×8 digits) is named here.
     """
     device_count = jax.device_count() if device_count is None else device_count
     _check(config.dataset in datasets, "dataset", config.dataset, f"must be one of {datasets}")
@@ -58,6 +63,7 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
                f"must be a positive multiple of the device count ({device_count})")
     _check(_is_int(config.num_epochs) and config.num_epochs >= 1, "num_epochs", config.num_epochs,
            "must be an integer >= 1")
+    _check(_is_int(config.seed) and 0 <= config.seed < 2**31, "seed", config.seed, "must be an integer in [0, 2**31)")
     for field in ("max_steps", "max_eval_steps"):
         _check(_is_int(config[field]) and config[field] >= 0, field, config[field], "must be an integer >= 0 (0: no cap)")
     _check(_is_int(config.checkpoint_every_epochs) and config.checkpoint_every_epochs >= 1,
@@ -74,3 +80,18 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
         LIFParams(**config.neuron)
     except ValueError as error:
         raise ConfigError(f"config.neuron.{error}") from None
+    shape = (input_shapes or {}).get(config.dataset)
+    if shape is not None:
+        _check_model_input(config, tuple(shape))
+
+
+def _check_model_input(config: Any, shape: tuple[int, ...]) -> None:
+    """ConfigError naming model and input shape if the model fails on one example of that shape."""
+    model = models.create(config.model, num_classes=10, in_channels=shape[-1], **config.neuron)
+    try:
+        jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros((1,) + shape),
+                                           timesteps=config.timesteps))
+    except Exception as error:  # whatever the model raises on a too small or oddly shaped input
+        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:160]
+        raise ConfigError(f"config.model={config.model!r} cannot take the input of dataset {config.dataset!r}, "
+                          f"examples of shape {list(shape)} ({reason})") from None

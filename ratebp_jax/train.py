@@ -6,7 +6,9 @@ One step is ``methods.run_method`` on each device's share of the global batch,
 with gradients, metrics and (through the model's axis_name) every BatchNorm
 statistic averaged over the devices of the pmap axis "batch". The loop checks
 each step's loss (one step behind, so the devices never wait), evaluates and
-checkpoints at epoch ends, and resumes from the latest checkpoint when rerun.
+checkpoints at epoch ends, and resumes from the latest checkpoint when rerun. The
+workdir is the run's record (``runs``): a rerun with a config that computes
+something else is refused, and one run at a time holds it.
 On SIGTERM or SIGINT it saves after the current step and raises
 ``multihost.Preempted`` (see ``multihost``).
 
@@ -36,7 +38,7 @@ from flax.jax_utils import replicate, unreplicate
 from flax.training import train_state
 from flax.training.common_utils import shard
 
-from ratebp_jax import configuration, data, methods, models, multihost
+from ratebp_jax import configuration, data, methods, models, multihost, runs
 from ratebp_jax.checkpoint import Checkpoints
 
 AXIS = "batch"
@@ -87,37 +89,11 @@ def create_train_state(config, model, images: np.ndarray, steps_per_epoch: int) 
                              tx=make_optimizer(config, steps_per_epoch))
 
 
-def load_trained(config, workdir: str, *, which: str = "best") -> tuple[Any, dict, data.Split]:
-    """(model, {"params", "batch_stats"}, test split) of the run of ``config`` in ``workdir``.
-
-    which: "best" (highest test accuracy) or "latest" checkpoint. The model has
-    no device axis, for analysis on one device; the split is this process's
-    test split at config.eval_batch_size.
-    Raises FileNotFoundError (naming the directory and the command to run) if
-    the run has no such checkpoint.
-    """
-    directory = os.path.join(workdir, "checkpoints")
-    if not os.path.isdir(os.path.join(directory, which)):  # checked first: Checkpoints would create it
-        raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
-                                f"python -m experiments.train --config CONFIG --workdir {workdir}")
-    split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size, seed=config.seed,
-                            data_dir=config.data_dir or None)
-    model = create_model(config, split.num_classes, split.input_shape[-1], axis_name=None)
-    state = create_train_state(config, model, np.zeros((1,) + tuple(split.input_shape), np.float32), 1)
-    checkpoints = Checkpoints(directory)
-    restored = {"best": checkpoints.restore_best, "latest": checkpoints.restore_latest}[which](state)
-    checkpoints.close()
-    if restored is None:
-        raise FileNotFoundError(f"no {which} checkpoint in {directory}; train first: "
-                                f"python -m experiments.train --config CONFIG --workdir {workdir}")
-    state = restored[0]
-    return model, {"params": state.params, "batch_stats": state.batch_stats}, split
-
-
-def train_step(state: TrainState, batch: dict, model, method: str, timesteps: int, dtype, sltt_k: int | None,
-               seed: int) -> tuple:
+def train_step(state: TrainState, batch: dict, seed: jax.Array, model, method: str, timesteps: int, dtype,
+               sltt_k: int | None) -> tuple:
     """One step on this device's batch {"image", "label"}; runs under pmap with axis "batch".
 
+    seed: an integer scalar, traced (one compiled step serves every seed).
     sltt_k draws its K steps from a key of (seed, step number), the same on
     every device: the same seed gives the same steps, and so does a resumed run.
     """
@@ -132,9 +108,9 @@ def train_step(state: TrainState, batch: dict, model, method: str, timesteps: in
     return state, {**metrics, "grad_norm": optax.tree.norm(grads)}
 
 
-def eval_step(state: TrainState, batch: dict, model, timesteps: int, dtype) -> dict:
-    """Sums over all devices of correct top-1/top-5 predictions and of examples (mask)."""
-    variables = {"params": state.params, "batch_stats": state.batch_stats}
+def eval_step(variables: dict, batch: dict, model, timesteps: int, dtype) -> dict:
+    """Sums over all devices of correct top-1/top-5 predictions and of examples (mask);
+    variables: {"params", "batch_stats"}."""
     logits = methods.evaluate(model, variables, batch["image"].astype(dtype), timesteps=timesteps)
     top5 = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
     mask = batch["mask"]
@@ -145,20 +121,20 @@ def eval_step(state: TrainState, batch: dict, model, timesteps: int, dtype) -> d
 
 
 # Module-level so that JAX's compilation cache serves every run in a process (a resumed
-# run, a notebook's second run); the arguments after the batch are static.
-p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4, 5, 6, 7),
+# run, a notebook's second run, compare's seeds); the arguments after the seed are static.
+p_train_step = jax.pmap(train_step, axis_name=AXIS, static_broadcasted_argnums=(3, 4, 5, 6, 7),
                         donate_argnums=(0,))
 p_eval_step = jax.pmap(eval_step, axis_name=AXIS, static_broadcasted_argnums=(2, 3, 4))
 
 
-def evaluate(state, split, model, timesteps: int, dtype, max_steps: int = 0) -> dict:
+def eval_accuracy(variables: dict, split, model, timesteps: int, dtype, max_steps: int = 0) -> dict:
     """Top-1 and top-5 accuracy (in %) over the eval split (or its first max_steps batches);
-    state is replicated over the local devices."""
+    variables {"params", "batch_stats"} are replicated over the local devices."""
     totals = {"correct": 0.0, "correct_top5": 0.0, "count": 0.0}
     for i, batch in enumerate(split.epoch(0)):
         if max_steps and i >= max_steps:
             break
-        sums = unreplicate(p_eval_step(state, shard(batch), model, timesteps, dtype))
+        sums = unreplicate(p_eval_step(variables, shard(batch), model, timesteps, dtype))
         totals = {k: totals[k] + float(sums[k]) for k in totals}
     count = max(totals["count"], 1.0)
     return {"accuracy": 100 * totals["correct"] / count, "accuracy_top5": 100 * totals["correct_top5"] / count}
@@ -219,17 +195,44 @@ class ProgressLog:
                 f"train acc {100 * metrics['accuracy']:.1f}%  {self.steps_per_sec:.2f} steps/s  ETA {eta}")
 
 
+def check_run(config, workdir: str) -> str:
+    """Everything that can be checked before data are loaded: the config's values, that workdir can be
+    written, and that the config agrees with workdir's record (runs.check_resume, whose answer this is).
+
+    Raises configuration.ConfigError (runs.ConfigMismatch among them) or runs.RunError, one line each.
+    """
+    configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS,
+                           input_shapes=data.INPUT_SHAPES)
+    runs.check_workdir(workdir)
+    return runs.check_resume(config, workdir)
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains config.model on config.dataset with config.method; returns (and writes) results.json."""
+    """Trains config.model on config.dataset with config.method in workdir; returns (and writes) results.json.
+
+    Checks first (check_run), then holds workdir for this run (runs.hold) and
+    records the start (runs.record_start). Rerunning resumes from the latest
+    checkpoint.
+    """
+    start = check_run(config, workdir)
+    with runs.hold(workdir):
+        runs.record_start(config, workdir, start)
+        if start == "unrecorded":
+            say(f"{workdir} has checkpoints but no record of its config (made before runs were recorded): "
+                f"resuming with the given config, now recorded in {runs.CONFIG_FILE}")
+        elif start == "restart":
+            say(f"{workdir} has a recorded config but no checkpoint yet: starting afresh with the given config")
+        return _train(config, workdir)
+
+
+def _train(config, workdir: str) -> dict:
     start = time.monotonic()
-    configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS)
     process_batch = config.batch_size // jax.process_count()
     split_args = dict(seed=config.seed, data_dir=config.data_dir or None)
     train_split = data.make_split(config.dataset, train=True, batch_size=process_batch, augment=config.augment,
                                   **split_args)
     eval_split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size // jax.process_count(),
                                  **split_args)
-    os.makedirs(workdir, exist_ok=True)
     steps_per_epoch = train_split.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     if config.max_steps:
@@ -252,6 +255,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     writer = (metric_writers.create_default_writer(workdir) if jax.process_index() == 0
               else metric_writers.MultiWriter([]))  # writes nothing
     state = replicate(state)
+    seeds = np.full(jax.local_device_count(), config.seed, np.int32)  # traced: one compiled step for every seed
 
     log = ProgressLog(writer, config, total_steps, steps_per_epoch, workdir, first_step=progress["steps_done"])
     step = progress["steps_done"]
@@ -261,8 +265,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
             pending = None  # the previous step's metrics, read once the next step is queued
             preempted = False
             for batch in train_split.epoch(epoch, start_step=start_step):
-                state, metrics = p_train_step(state, shard(batch), model, config.method, config.timesteps, dtype,
-                                              config.sltt_k, config.seed)
+                state, metrics = p_train_step(state, shard(batch), seeds, model, config.method, config.timesteps,
+                                              dtype, config.sltt_k)
                 if pending is not None:
                     log.step_done(*pending)
                 step += 1
@@ -279,7 +283,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
                 checkpoints.close()
                 raise multihost.Preempted(step)
             epoch_done = step % steps_per_epoch == 0
-            eval_metrics = evaluate(state, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
+            variables = {"params": state.params, "batch_stats": state.batch_stats}
+            eval_metrics = eval_accuracy(variables, eval_split, model, config.timesteps, dtype, config.max_eval_steps)
             writer.write_scalars(step, {f"test_{k}": v for k, v in eval_metrics.items()})
             accuracy = eval_metrics["accuracy"]
             is_best = accuracy > progress["best_test_accuracy"]

@@ -14,7 +14,7 @@ import pytest
 
 import conftest
 from configs import cifar10_resnet18, common, digits
-from ratebp_jax import checkpoint, configuration, data, train
+from ratebp_jax import checkpoint, configuration, data, methods, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -39,8 +39,8 @@ def test_pmapped_step_equals_single_device_step(method):
     for devices in (4, 1):
         sharded = jax.tree.map(lambda x: x.reshape((devices, -1) + x.shape[1:]), batch)
         replicated = flax.jax_utils.replicate(state, jax.local_devices()[:devices])
-        new_state, metrics = train.p_train_step(replicated, sharded, model, method, 2, jnp.dtype(jnp.float64),
-                                                None, 0)
+        new_state, metrics = train.p_train_step(replicated, sharded, np.zeros(devices, np.int32), model, method, 2,
+                                                jnp.dtype(jnp.float64), None)
         results.append((train.unreplicate(new_state), train.unreplicate(metrics)))
     (multi, multi_metrics), (single, single_metrics) = results
     np.testing.assert_allclose(multi_metrics["loss"], single_metrics["loss"], rtol=1e-10)
@@ -51,6 +51,32 @@ def test_pmapped_step_equals_single_device_step(method):
         assert error <= 1e-10, (tree, float(error))
     moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), single.params, state.params)
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step did change the parameters
+
+
+def test_the_step_compiles_once_for_every_seed(monkeypatch):
+    """The seed is traced: seeds 0, 1 and 2 run one compiled step (T = 3, unused elsewhere, so the
+    first call traces), and sltt_k draws different steps for different seeds."""
+    traces = []
+
+    def counted(*args, **kwargs):
+        traces.append(1)  # runs once per trace of the step, never when a compiled step runs
+        return real(*args, **kwargs)
+
+    real = methods.run_method
+    monkeypatch.setattr(methods, "run_method", counted)
+    config = tiny_digits_config(method="sltt_k", sltt_k=1, timesteps=3)
+    batch = {"image": np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32),
+             "label": np.arange(4, dtype=np.int32)}
+    state = train.create_train_state(config, train.create_model(config, 10, 1, axis_name=None), batch["image"], 10)
+    model = train.create_model(config, 10, 1)
+    losses = []
+    for seed in (0, 1, 2):
+        new_state, metrics = train.p_train_step(flax.jax_utils.replicate(state, jax.local_devices()[:1]),
+                                                jax.tree.map(lambda x: x[None], batch), np.full(1, seed, np.int32),
+                                                model, "sltt_k", 3, jnp.dtype(jnp.float32), 1)
+        losses.append(float(metrics["loss"][0]))
+    assert len(traces) == 1
+    assert len(set(losses)) > 1  # sltt_k's loss is that of the drawn step: the seeds drew different ones
 
 
 MOCK_CIFAR_RUN = """

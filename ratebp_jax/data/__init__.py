@@ -26,8 +26,10 @@ _DATASETS = {d.name: d for d in (digits.DATASET, *cifar.DATASETS, imagenet.DATAS
 DATASETS = tuple(_DATASETS)
 # Datasets of sequences: name -> frames per example (T of "image" [B, T, H, W, C]).
 SEQUENCE_LENGTHS = {name: d.input_shape[0] for name, d in _DATASETS.items() if len(d.input_shape) == 4}
+# The shape of one example: [H, W, C], or [T, H, W, C] for a sequence.
+INPUT_SHAPES = {name: tuple(d.input_shape) for name, d in _DATASETS.items()}
 
-__all__ = ["DATASETS", "DataNotFoundError", "SEQUENCE_LENGTHS", "Split", "make_split", "prepare"]
+__all__ = ["DATASETS", "DataNotFoundError", "INPUT_SHAPES", "SEQUENCE_LENGTHS", "Split", "make_split", "prepare"]
 
 
 def _dataset(name: str) -> pipeline.Dataset:

@@ -1,0 +1,57 @@
+"""Test accuracy of a trained run's checkpoint, computed with the run's own config.
+
+    python -m experiments.evaluate --workdir runs/digits [--which best|latest]
+
+Reads the config the run recorded (WORKDIR/config.json) and its best (highest
+test accuracy) or latest checkpoint, evaluates it on the whole test split in
+evaluation mode (running BatchNorm statistics) at the run's T, prints top-1
+(and top-5 where the dataset has more than 10 classes) and writes
+WORKDIR/eval_{which}.json. It only reads the run, so it takes no lock and may
+run while the run trains on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from absl import app, flags
+
+from experiments import cli, report
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run (experiments.train).")
+_WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint: best test accuracy, or latest.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    report.quiet_library_logs()
+    import jax.numpy as jnp
+    from flax.jax_utils import replicate
+
+    from ratebp_jax import checkpoint, configuration, data, runs, train
+
+    workdir, which = _WORKDIR.value, _WHICH.value
+    try:
+        model, variables, split, config = runs.load_trained(workdir, which=which)
+    except (runs.RunError, configuration.ConfigError, FileNotFoundError, data.DataNotFoundError,
+            checkpoint.CheckpointError) as error:
+        cli.fail(error)
+    metrics = train.eval_accuracy(replicate(variables), split, model, config.timesteps, jnp.dtype(config.dtype))
+    result = {"which": which, "method": config.method, "model": config.model, "dataset": config.dataset,
+              "timesteps": config.timesteps, "test_accuracy": metrics["accuracy"]}
+    line = f"{which} checkpoint of {workdir} ({config.model}, {config.method}, T = {config.timesteps}): " \
+           f"test accuracy {metrics['accuracy']:.2f}%"
+    if split.num_classes > 10:
+        result["test_accuracy_top5"] = metrics["accuracy_top5"]
+        line += f", top-5 {metrics['accuracy_top5']:.2f}%"
+    path = os.path.join(workdir, f"eval_{which}.json")
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"{line}; written to {path}")
+
+
+if __name__ == "__main__":
+    cli.run(main)
