@@ -26,9 +26,9 @@ def neuron_config() -> ml_collections.ConfigDict:
 def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epochs: int, learning_rate: float,
          weight_decay: float, method: str = "rate_m") -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.dataset = dataset            # digits | cifar10 | cifar100 | imagenet2012 | cifar10_dvs
+    config.dataset = dataset            # a name of ratebp_jax.data.DATASETS: digits, cifar10, cifar10_dvs, shd, ...
     config.data_dir = ""                # TFDS data dir ("" = TFDS's default, ~/tensorflow_datasets)
-    config.manual_dir = ""              # where manually downloaded archives are (imagenet2012, cifar10_dvs)
+    config.manual_dir = ""              # where manually downloaded files are (imagenet2012, cifar10_dvs, shd)
     config.augment = True               # training-set augmentation of the recipe (SPEC §6)
     config.model = model                # a name of ratebp_jax.models.NAMES
     config.method = method              # bptt_m | bptt_s | rate_m | rate_s | sltt | sltt_k | ottt | bptt_remat

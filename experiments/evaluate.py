@@ -3,8 +3,9 @@
     python -m experiments.evaluate --workdir runs/digits [--which best|latest]
 
 Reads the config the run recorded (WORKDIR/config.json) and its best (highest
-test accuracy) or latest checkpoint, evaluates it on the whole test split in
-evaluation mode (running BatchNorm statistics) at the run's T, prints top-1
+test accuracy) or latest checkpoint, evaluates it as the run did (evaluation
+mode: running BatchNorm statistics; the run's T; its test split, or the first
+max_eval_steps batches of it where the config caps them), prints top-1
 (and top-5 where the dataset has more than 10 classes) and writes
 WORKDIR/eval_{which}.json. It only reads the run, so it takes no lock and may
 run while the run trains on.
@@ -39,7 +40,8 @@ def main(argv):
     except (runs.RunError, configuration.ConfigError, FileNotFoundError, data.DataNotFoundError,
             checkpoint.CheckpointError) as error:
         cli.fail(error)
-    metrics = train.eval_accuracy(replicate(variables), split, model, config.timesteps, jnp.dtype(config.dtype))
+    metrics = train.eval_accuracy(replicate(variables), split, model, config.timesteps, jnp.dtype(config.dtype),
+                                  config.max_eval_steps)
     result = {"which": which, "method": config.method, "model": config.model, "dataset": config.dataset,
               "timesteps": config.timesteps, "test_accuracy": metrics["accuracy"]}
     line = f"{which} checkpoint of {workdir} ({config.model}, {config.method}, T = {config.timesteps}): " \

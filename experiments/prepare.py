@@ -3,14 +3,17 @@
     python -m experiments.prepare --config configs/cifar10_resnet18.py   # the config's dataset, data_dir, manual_dir
     python -m experiments.prepare --dataset cifar10 [--data_dir DIR]
     python -m experiments.prepare --dataset imagenet2012 --manual_dir DIR   # ILSVRC2012_img_{train,val}.tar in DIR
+    python -m experiments.prepare --dataset shd --manual_dir DIR            # shd_train.h5, shd_test.h5 in DIR
 
 TFDS shows its progress; a prepared dataset is left as it is, so rerunning is
 safe (an interrupted build starts again: TFDS writes to a temporary folder
-first). imagenet2012 and cifar10_dvs are built from files downloaded by hand:
+first). imagenet2012, cifar10_dvs and shd (shd_train.h5 and shd_test.h5,
+gunzipped) are built from files downloaded by hand:
 without them in the manual directory (default DATA_DIR/downloads/manual) the
 command says which files to put there and where to get them, and exits with
-status 2. digits ships inside scikit-learn and needs no preparing (it builds
-itself on first use), but preparing it does no harm.
+status 2. digits (and digits_rows, digits_latency, made from it) ships inside
+scikit-learn and needs no preparing (it builds itself on first use), but
+preparing it does no harm.
 """
 
 import sys

@@ -1,6 +1,6 @@
 """Input pipelines: TFDS + tf.data, yielding NumPy batches for JAX.
 
-    import ratebp_jax.data as data     # registers the "sklearn_digits" and "cifar10_dvs" TFDS builders
+    import ratebp_jax.data as data     # registers the "sklearn_digits", "cifar10_dvs" and "shd" TFDS builders
     data.prepare("cifar10")            # once: download and build (python -m experiments.prepare)
     split = data.make_split("cifar10", train=True, batch_size=128, seed=0)
     for batch in split.epoch(epoch):   # {"image" float32 [B, H, W, C], "label" int32 [B],
@@ -8,21 +8,25 @@
 
 Static-image datasets yield "image" [B, H, W, C] (repeated at every time
 step); the datasets of SEQUENCE_LENGTHS yield sequences [B, T, H, W, C] with a
-fixed T ("cifar10_dvs": [B, 10, 48, 48, 2] event frames), used as given, so a
-training config's ``timesteps`` must equal that T.
+fixed T, used as given, so a training config's ``timesteps`` must equal that
+T: "cifar10_dvs" [B, 10, 48, 48, 2] event frames, "shd" [B, 100, 1, 700, 1]
+spike counts, and the temporal digits of SPEC §8, "digits_rows"
+[B, 8, 1, 8, 1] (one image row per step) and "digits_latency"
+[B, 8, 8, 8, 1] (one spike per pixel).
 
 See ``pipeline`` for determinism (same (seed, epoch) -> same batches;
 ``start_step`` resumes mid-epoch) and per-process sharding, and the dataset
-modules (``digits``, ``cifar``, ``imagenet``, ``dvs``), each declaring its
-source and preprocessing as a ``pipeline.Dataset``.
+modules (``digits``, ``temporal``, ``cifar``, ``imagenet``, ``dvs``, ``shd``),
+each declaring its source and preprocessing as a ``pipeline.Dataset``.
 """
 
 from __future__ import annotations
 
-from ratebp_jax.data import cifar, digits, dvs, imagenet, pipeline
+from ratebp_jax.data import cifar, digits, dvs, imagenet, pipeline, shd, temporal
 from ratebp_jax.data.pipeline import DataNotFoundError, Split, hide_gpus_from_tensorflow
 
-_DATASETS = {d.name: d for d in (digits.DATASET, *cifar.DATASETS, imagenet.DATASET, dvs.DATASET)}
+_DATASETS = {d.name: d for d in (digits.DATASET, *temporal.DATASETS, *cifar.DATASETS, imagenet.DATASET,
+                                 dvs.DATASET, shd.DATASET)}
 DATASETS = tuple(_DATASETS)
 # Datasets of sequences: name -> frames per example (T of "image" [B, T, H, W, C]).
 SEQUENCE_LENGTHS = {name: d.input_shape[0] for name, d in _DATASETS.items() if len(d.input_shape) == 4}
@@ -42,7 +46,7 @@ def prepare(name: str, *, data_dir: str | None = None, manual_dir: str | None = 
     """Downloads or builds dataset ``name`` into data_dir (None: TFDS's default); a no-op once done.
 
     manual_dir: where the files downloaded by hand are (imagenet2012,
-    cifar10_dvs); default DATA_DIR/downloads/manual. Returns the TFDS builder.
+    cifar10_dvs, shd); default DATA_DIR/downloads/manual. Returns the TFDS builder.
     Raises DataNotFoundError naming manual_dir and the files to put there.
     """
     hide_gpus_from_tensorflow()
