@@ -8,8 +8,8 @@ backward, after a warm-up call), XLA's compiled memory of the step
 (memory_analysis: temporaries, arguments, outputs) and, with --isolate on a
 GPU/TPU, the allocator's peak in a fresh process per measurement. A row
 "forward" at T = 1 is one no-grad forward time step (F of SPEC §4).
-Inputs are random images at the model's size (--image_size to change) and the
-parameters are those at initialisation: the cost does not depend on them.
+Inputs are random uniform images at the model's size (--image_size to change)
+and the parameters are those at initialisation: the cost does not depend on them.
 
 Writes DIR/efficiency.csv, DIR/efficiency.png (time and memory vs T, one line
 per method) and DIR/efficiency_summary.json (the ratios below), and prints the
@@ -28,15 +28,14 @@ compiling is cheap), so a slow method on a CPU does not take hours.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import flags
 
-from experiments import report
+from experiments import cli, common, report
 
 _MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.NAMES.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the step.")
@@ -57,19 +56,13 @@ COLUMNS = ["model", "method", "timesteps", "batch_size", "device", "step_time_s"
            "argument_bytes", "output_bytes", "peak_bytes"]
 
 
-def setup():
-    """(model, variables, images, labels) of the flags: random inputs, parameters at initialisation."""
-    import jax
+def measure_here():
+    """analysis.measure_in_process of the flags' model and batch."""
+    from ratebp_jax import analysis
 
-    from ratebp_jax import models
-
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
-    if _IMAGE_SIZE.value:
-        h = w = _IMAGE_SIZE.value
-    model = models.create(_MODEL.value, num_classes=10, in_channels=c, dtype=_DTYPE.value)
-    images = jax.random.normal(jax.random.key(1), (_BATCH.value, h, w, c), _DTYPE.value)
-    labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
-    return model, models.init(model, jax.random.key(0), images, timesteps=1), images, labels
+    setup = common.random_init(_MODEL.value, batch_size=_BATCH.value, image_size=_IMAGE_SIZE.value,
+                               dtype=_DTYPE.value)
+    return analysis.measure_in_process(*setup, repeats=_REPEATS.value, k=_SLTT_K.value)
 
 
 def measure_isolated(method: str, timesteps: int, run: bool):
@@ -112,27 +105,20 @@ def summarize(rows: list[dict]) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
-    from ratebp_jax import analysis, methods, plotting
+    common.start(argv)
+    from ratebp_jax import analysis, plotting
 
     if _ONE.value:
         method, timesteps, run = _ONE.value.split(":")
-        model, variables, images, labels = setup()
-        cost = analysis.measure_cost(model, method, int(timesteps), run == "1", variables=variables, images=images,
-                                     labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
+        cost = measure_here()(method, int(timesteps), run == "1")
         print(json.dumps({**cost._asdict(), "device": report.device_name()}))
         return
     if not _OUT.value:
-        raise app.UsageError("--out is required")
-    method_names = list(methods.METHODS) if _METHODS.value == ["all"] else _METHODS.value
-    unknown = [m for m in method_names if m not in methods.METHODS]
-    if unknown:
-        raise app.UsageError(f"--methods: unknown {unknown}; allowed: {list(methods.METHODS)}")
+        cli.fail("--out is required (see --help)")
+    method_names = common.method_names(_METHODS.value)
     timesteps = [int(t) for t in _TIMESTEPS.value]
     if not timesteps or min(timesteps) < 1:
-        raise app.UsageError(f"--timesteps must be integers >= 1, got {_TIMESTEPS.value}")
+        cli.fail(f"--timesteps must be integers >= 1, got {_TIMESTEPS.value}")
 
     device = {}
     if _ISOLATE.value:  # this process never touches the accelerator: each measuring process has it alone
@@ -141,10 +127,8 @@ def main(argv):
             cost, device["name"] = measure_isolated(method, t, run)
             return cost
     else:
-        model, variables, images, labels = setup()
+        measure_one = measure_here()
         device["name"] = report.device_name()
-        measure_one = functools.partial(analysis.measure_cost, model, variables=variables, images=images,
-                                        labels=labels, repeats=_REPEATS.value, k=_SLTT_K.value)
 
     def measure(method, t, run):
         cost = measure_one(method, t, run)
@@ -152,13 +136,12 @@ def main(argv):
         print(f"{method} T={t}: {timed}, {cost.temp_bytes / 2**20:.1f} MiB compiled temporaries", flush=True)
         return cost
 
-    rows = analysis.cost_sweep(timesteps=timesteps, methods=method_names, max_step_s=_MAX_STEP_S.value,
-                               measure=measure)
-    common = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": device["name"]}
-    rows = [{**common, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]
+    rows = analysis.cost_sweep(measure, timesteps=timesteps, methods=method_names, max_step_s=_MAX_STEP_S.value)
+    setting = {"model": _MODEL.value, "batch_size": _BATCH.value, "device": device["name"]}
+    rows = [{**setting, **row, "peak_bytes": row["peak_bytes"] if _ISOLATE.value else None} for row in rows]
     os.makedirs(_OUT.value, exist_ok=True)
     report.write_csv(os.path.join(_OUT.value, "efficiency.csv"), rows, COLUMNS)
-    plotting.save(plotting.plot_cost(rows, f"{_MODEL.value}, batch {_BATCH.value}, {common['device']}"),
+    plotting.save(plotting.plot_cost(rows, f"{_MODEL.value}, batch {_BATCH.value}, {setting['device']}"),
                   os.path.join(_OUT.value, "efficiency.png"))
     summary = summarize(rows)
     with open(os.path.join(_OUT.value, "efficiency_summary.json"), "w") as f:
@@ -171,4 +154,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

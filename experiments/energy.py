@@ -1,8 +1,9 @@
 """Synaptic operations and estimated energy per image at inference, per layer, against the ANN.
 
-From a trained run (its model and T, its best checkpoint, the first
---num_batches batches of its test split):
-    python -m experiments.energy --config configs/digits.py --workdir runs/digits --out DIR
+From a trained run (the config recorded in its workdir, its best checkpoint,
+the first --num_batches batches of its test split; a --config given as well
+must agree with the record):
+    python -m experiments.energy --workdir runs/digits --out DIR
 At initialisation, on random uniform images:
     python -m experiments.energy --model resnet18 --timesteps 4 --out DIR
 
@@ -22,70 +23,55 @@ the table.
 from __future__ import annotations
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments import report
+from experiments import cli, common, report
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of a trained run (with --workdir).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of that run; its best checkpoint is used.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run; its best checkpoint is used.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional, with --workdir: the run's config, checked "
+                                          "against its record.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Test batches to average over (a trained run).")
-_MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --config).")
+_MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --workdir).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size at initialisation.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
-_TIMESTEPS = flags.DEFINE_integer("timesteps", 4, "T at initialisation (with --config: its T).")
+_TIMESTEPS = flags.DEFINE_integer("timesteps", 4, "T at initialisation (a trained run: its own).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the initial parameters and the random batch.")
 _E_AC = flags.DEFINE_float("e_ac_pj", 0.9, "Energy of an accumulate, pJ.")
 _E_MAC = flags.DEFINE_float("e_mac_pj", 4.6, "Energy of a multiply-accumulate, pJ.")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+flags.mark_flags_as_required(["out"])
 
 COLUMNS = ["model", "method", "timesteps", "layer_index", "layer", "input_rate", "acs", "macs", "ann_macs",
            "energy_pj", "ann_energy_pj"]
 COUNTS = COLUMNS[5:]  # per image: averaged over batches, summed over layers
 
 
-def weighted_mean(batches: list[tuple[list[dict], int]]) -> list[dict]:
-    """Rows of operation_counts averaged over batches [(rows, examples)], weighted by examples."""
-    total = sum(n for _, n in batches)
-    layers = [row["layer"] for row in batches[0][0]]
-    return [{"layer": layer, **{k: sum(rows[i][k] * n for rows, n in batches) / total for k in COUNTS}}
-            for i, layer in enumerate(layers)]
-
-
-def measure() -> tuple[str, str | None, int, str, list[dict]]:
-    """(model name, method or None, T, what was measured, rows) of the flags."""
-    import jax
+def measure(trained: bool) -> tuple[str, str | None, int, str, list[dict]]:
+    """(model name, method or None, T, what was measured, rows) of the flags: of the run in --workdir
+    (trained) or of --model at initialisation."""
     import numpy as np
 
-    from ratebp_jax import analysis, models, train
+    from ratebp_jax import analysis
 
     def count(model, variables, images, timesteps):
         return analysis.operation_counts(model, variables, images, timesteps=timesteps, e_ac_pj=_E_AC.value,
                                          e_mac_pj=_E_MAC.value)
 
-    if _CONFIG.value is not None:
-        config = _CONFIG.value
-        model, variables, split = train.load_trained(config, _WORKDIR.value)
-        batches = []
-        for i, batch in enumerate(split.epoch(0)):
-            if i >= _NUM_BATCHES.value:
-                break
-            real = batch["mask"] > 0  # eval batches are padded at the end of the split
-            images = np.asarray(batch["image"][real], config.dtype)
-            batches.append((count(model, variables, images, config.timesteps), len(images)))
-        examples = sum(n for _, n in batches)
+    if trained:
+        model, variables, split, config = common.trained_run(_WORKDIR.value, _CONFIG.value)
+        # per layer: its COUNTS as a vector, averaged over the batches
+        means, examples = common.mean_over_test_batches(split, _NUM_BATCHES.value, config.dtype, lambda images: {
+            row["layer"]: np.array([row[k] for k in COUNTS]) for row in count(model, variables, images,
+                                                                             config.timesteps)})
+        rows = [{"layer": layer, **dict(zip(COUNTS, map(float, mean)))} for layer, mean in means.items()]
         return (config.model, config.method, config.timesteps,
-                f"{config.dataset}, {examples} test images, best checkpoint", weighted_mean(batches))
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
-    if _IMAGE_SIZE.value:
-        h = w = _IMAGE_SIZE.value
-    model = models.create(_MODEL.value, num_classes=10, in_channels=c)
-    key = jax.random.key(_SEED.value)
-    images = jax.random.uniform(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))
-    variables = models.init(model, key, images, timesteps=1)
+                f"{config.dataset}, {examples} test images, best checkpoint", rows)
+    model, variables, images, _ = common.random_init(_MODEL.value, batch_size=_BATCH.value,
+                                                     image_size=_IMAGE_SIZE.value, seed=_SEED.value)
     rows = count(model, variables, images, _TIMESTEPS.value)
+    h, w = images.shape[1:3]
     return _MODEL.value, None, _TIMESTEPS.value, f"{_BATCH.value} random {h}×{w} images, initialisation", rows
 
 
@@ -102,20 +88,12 @@ def table(rows: list[dict]) -> str:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
-    if not _OUT.value:
-        raise app.UsageError("--out is required")
-    if (_CONFIG.value is None) != (_WORKDIR.value is None):
-        raise app.UsageError("--config and --workdir go together (a trained run); without them: --model")
+    common.start(argv)
+    trained = common.check_mode(initial_only=["model", "batch_size", "image_size", "timesteps", "seed"],
+                                trained_only=["num_batches"])
     from ratebp_jax import plotting
 
-    try:
-        name, method, timesteps, what, rows = measure()
-    except FileNotFoundError as error:  # no checkpoint, or the dataset is not there
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    name, method, timesteps, what, rows = measure(trained)
     csv_rows = [{"model": name, "method": method, "timesteps": timesteps, "layer_index": i, **row}
                 for i, row in enumerate(rows)]
     report.write_csv(os.path.join(_OUT.value, "energy.csv"), csv_rows, COLUMNS)
@@ -132,4 +110,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

@@ -2,14 +2,15 @@
 
 At initialisation, on random uniform images (SPEC oracle 4's setting):
     python -m experiments.grad_similarity --model resnet18 --timesteps 2,4,6 --seeds 0,1 --out DIR
-From a trained run (its model and T; a batch of its test split):
-    python -m experiments.grad_similarity --config configs/digits.py --workdir runs/digits --out DIR
+From a trained run (the config recorded in its workdir, its best checkpoint,
+a batch of its test split; a --config given as well must agree with the record):
+    python -m experiments.grad_similarity --workdir runs/digits --out DIR
 
 For each T and seed, the weight gradients of the methods of each pair
 (--pairs rate_m:bptt_m,rate_s:bptt_s) on one batch are compared: overall (the
 kernels of all conv and linear layers as one vector) and per layer in network
-order. The reference's values at initialisation (SPEC oracle 4), rate_m vs
-bptt_m at T = 2 / 4 / 6: resnet18 0.46 / 0.37 / 0.35, vgg11 0.78 / 0.75 / 0.78.
+order. The reference's values at initialisation are SPEC oracle 4's; the
+README sets ours beside them.
 Writes DIR/grad_similarity.csv (model, pair, timesteps, seed, layer,
 cosine), DIR/grad_similarity.png (overall vs T; per layer) and prints the
 overall table (mean and spread over seeds).
@@ -19,52 +20,43 @@ from __future__ import annotations
 
 import os
 import statistics
-import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments import report
+from experiments import cli, common, report
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config of a trained run (with --workdir).")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of that run; its best checkpoint is used.")
-_MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --config).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run; its best checkpoint is used.")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Optional, with --workdir: the run's config, checked "
+                                          "against its record.")
+_MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --workdir).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
-_TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T (with --config: its T).")
+_TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T at initialisation (a trained run: "
+                               "its own).")
 _SEEDS = flags.DEFINE_list("seeds", ["0"], "Seeds of the initial parameters and the random batch.")
 _PAIRS = flags.DEFINE_list("pairs", ["rate_m:bptt_m", "rate_s:bptt_s"], "Method pairs A:B to compare.")
-_SLTT_K = flags.DEFINE_integer("sltt_k", 1, "K of sltt_k (at most T; with --config: its sltt_k if set).")
+_SLTT_K = flags.DEFINE_integer("sltt_k", 1, "K of sltt_k (at most T; a trained run: its sltt_k if set).")
 _OUT = flags.DEFINE_string("out", None, "Output directory.")
+flags.mark_flags_as_required(["out"])
 
 COLUMNS = ["model", "pair", "timesteps", "seed", "layer", "cosine"]
 
 
-def batches():
-    """Yields (model name, model, variables, images, labels, T, seed) for each measurement."""
-    import jax
-    import numpy as np
-
-    from ratebp_jax import models, train
-
-    if _CONFIG.value is not None:
-        config = _CONFIG.value
-        model, variables, split = train.load_trained(config, _WORKDIR.value)
-        batch = next(split.epoch(0))
-        images = np.asarray(batch["image"][:_BATCH.value], config.dtype)
-        yield config.model, model, variables, images, batch["label"][:_BATCH.value], config.timesteps, "trained"
+def batches(trained: bool):
+    """(model name, model, variables, images, labels, T, sltt_k's K, seed) of each measurement: of the
+    run in --workdir (trained) or of --model at initialisation."""
+    if trained:
+        model, variables, split, config = common.trained_run(_WORKDIR.value, _CONFIG.value)
+        images, labels = next(common.first_test_batches(split, 1, config.dtype))
+        yield (config.model, model, variables, images[:_BATCH.value], labels[:_BATCH.value], config.timesteps,
+               config.get("sltt_k") or _SLTT_K.value, "trained")
         return
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
-    if _IMAGE_SIZE.value:
-        h = w = _IMAGE_SIZE.value
-    model = models.create(_MODEL.value, num_classes=10, in_channels=c)
     for seed in (int(s) for s in _SEEDS.value):
-        key = jax.random.key(seed)
-        images = jax.random.uniform(jax.random.fold_in(key, 1), (_BATCH.value, h, w, c))  # as SPEC oracle 4
-        labels = jax.random.randint(jax.random.fold_in(key, 2), (_BATCH.value,), 0, 10)
-        variables = models.init(model, key, images, timesteps=1)  # the same parameters at every T
-        for t in sorted(int(t) for t in _TIMESTEPS.value):
-            yield _MODEL.value, model, variables, images, labels, t, seed
+        model, variables, images, labels = common.random_init(_MODEL.value, batch_size=_BATCH.value,
+                                                              image_size=_IMAGE_SIZE.value, seed=seed)
+        for t in sorted(int(t) for t in _TIMESTEPS.value):  # the same parameters at every T
+            yield _MODEL.value, model, variables, images, labels, t, _SLTT_K.value, seed
 
 
 def overall_table(rows: list[dict]) -> list[dict]:
@@ -78,31 +70,21 @@ def overall_table(rows: list[dict]) -> list[dict]:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
-    if not _OUT.value:
-        raise app.UsageError("--out is required")
-    if (_CONFIG.value is None) != (_WORKDIR.value is None):
-        raise app.UsageError("--config and --workdir go together (a trained run); without them: --model")
+    common.start(argv)
+    trained = common.check_mode(initial_only=["model", "image_size", "timesteps", "seeds"])
     from ratebp_jax import analysis, methods, plotting
 
     pairs = [tuple(p.split(":")) for p in _PAIRS.value]
     bad = [p for p in pairs if len(p) != 2 or not set(p) <= set(methods.METHODS)]
     if bad:
-        raise app.UsageError(f"--pairs: {bad} are not A:B with A, B in {list(methods.METHODS)}")
+        cli.fail(f"--pairs: {bad} are not A:B with A, B in {list(methods.METHODS)}")
     rows = []
-    try:
-        for name, model, variables, images, labels, t, seed in batches():
-            k = (_CONFIG.value.get("sltt_k") if _CONFIG.value is not None else None) or _SLTT_K.value
-            result = analysis.grad_similarity(model, variables, images, labels, timesteps=t, pairs=pairs, k=k)
-            for (a, b), cosines in result.items():
-                rows += [{"model": name, "pair": f"{a}:{b}", "timesteps": t, "seed": seed, "layer": layer,
-                          "cosine": value} for layer, value in cosines.items()]
-                print(f"T={t} seed={seed} {a} vs {b}: overall {cosines['overall']:.3f}", flush=True)
-    except FileNotFoundError as error:  # no checkpoint, or the dataset is not there
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
+    for name, model, variables, images, labels, t, k, seed in batches(trained):
+        result = analysis.grad_similarity(model, variables, images, labels, timesteps=t, pairs=pairs, k=k)
+        for (a, b), cosines in result.items():
+            rows += [{"model": name, "pair": f"{a}:{b}", "timesteps": t, "seed": seed, "layer": layer,
+                      "cosine": value} for layer, value in cosines.items()]
+            print(f"T={t} seed={seed} {a} vs {b}: overall {cosines['overall']:.3f}", flush=True)
     report.write_csv(os.path.join(_OUT.value, "grad_similarity.csv"), rows, COLUMNS)
     overall = overall_table(rows)
     plotting.save(plotting.plot_grad_similarity(rows, overall), os.path.join(_OUT.value, "grad_similarity.png"))
@@ -111,4 +93,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli.run(main)

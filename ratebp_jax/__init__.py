@@ -18,6 +18,6 @@ __all__ = [
 __version__ = "0.1.0"
 
 from ratebp_jax import models  # noqa: E402
-from ratebp_jax.methods import METHODS, compute_grads, evaluate, run_method  # noqa: E402
+from ratebp_jax.methods import METHODS, compute_grads, evaluate  # noqa: E402
 
-__all__ += ["models", "METHODS", "compute_grads", "evaluate", "run_method"]
+__all__ += ["models", "METHODS", "compute_grads", "evaluate"]

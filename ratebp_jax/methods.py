@@ -18,13 +18,13 @@ statistics over its axis_name).
 
 Time loops: the online methods and rate_s's spike pass are loops (lax.scan),
 so that only one step's activations are alive at a time (memory flat in T);
-unrolled, XLA:CPU's scheduler keeps several steps alive (sltt: +74% from T = 2
-to 8). Their convolutions' gradients are computed in XLA:CPU's native layouts
-(layers.Conv in the step modes, online.conv), which keeps them fast inside a
-loop body: autodiff's form runs there ~40× slower (jax-ml/jax#12868; sltt on
-resnet18 at T = 2: 114 s a step before, 5 s after). bptt_s writes its loop
-out (unroll=True): BPTT keeps every step's activations anyway, and unrolled
-its step needs 40% less memory (resnet18, batch 16, T = 2: 327 vs 543 MiB).
+unrolled, XLA:CPU's scheduler keeps several steps alive and their memory
+grows with T. Their convolutions' gradients are computed in XLA:CPU's native
+layouts (layers.Conv in the step modes, online.conv), which keeps them fast
+inside a loop body, where autodiff's form is many times slower on XLA:CPU
+(jax-ml/jax#12868). bptt_s writes its loop out (unroll=True): BPTT keeps
+every step's activations anyway, and unrolled its step needs less memory.
+The README has the measured figures.
 """
 
 from __future__ import annotations
@@ -231,9 +231,10 @@ def check_labels(labels: jax.Array, images: jax.Array) -> None:
                          f"batch), got shape {shape} and dtype {dtype}")
 
 
-def run_method(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
-               timesteps: int, rng: jax.Array | None = None, k: int | None = None) -> StepOutput:
-    """The StepOutput of one training step's forward and backward passes.
+def step_output(method: str, model: nn.Module, variables: dict, images: jax.Array, labels: jax.Array, *,
+                timesteps: int, rng: jax.Array | None = None, k: int | None = None) -> StepOutput:
+    """The StepOutput of one training step's forward and backward passes (compute_grads's
+    arguments; the training loop also needs the logits).
 
     rng and k: the key and K of sltt_k (both required there, ignored by the
     other methods). Shapes and dtypes are checked here; label values are not
@@ -259,7 +260,7 @@ def compute_grads(method: str, model: nn.Module, variables: dict, images: jax.Ar
     for sltt_k (a key, and 1 <= k <= timesteps). grads has the structure of
     variables["params"].
     """
-    out = run_method(method, model, variables, images, labels, timesteps=timesteps, rng=rng, k=k)
+    out = step_output(method, model, variables, images, labels, timesteps=timesteps, rng=rng, k=k)
     return out.loss, out.grads, out.batch_stats
 
 

@@ -99,7 +99,7 @@ def train_step(state: TrainState, batch: dict, seed: jax.Array, model, method: s
     """
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     rng = jax.random.fold_in(jax.random.key(seed), state.step)
-    out = methods.run_method(method, model, variables, batch["image"].astype(dtype), batch["label"],
+    out = methods.step_output(method, model, variables, batch["image"].astype(dtype), batch["label"],
                              timesteps=timesteps, rng=rng, k=sltt_k)
     grads = jax.lax.pmean(out.grads, AXIS)
     state = state.apply_gradients(grads=grads).replace(batch_stats=out.batch_stats)

@@ -90,3 +90,27 @@ def test_step_cost_times_the_step():
     assert cost.argument_bytes >= params_bytes + images.nbytes
     forward = analysis.forward_step_cost(model, variables, images, run=False)
     assert forward.step_time_s is None and 0 < forward.temp_bytes < cost.temp_bytes
+
+
+def test_cost_sweep_stops_timing_a_method_once_a_step_is_slower_than_max_step_s():
+    """Any measure(method, T, run) serves: here a fake whose step takes T seconds."""
+    calls = []
+
+    def measure(method, t, run):
+        calls.append((method, t, run))
+        return analysis.StepCost(float(t) if run else None, 100 * t, 1, 2, None)
+
+    rows = analysis.cost_sweep(measure, timesteps=[4, 1, 2], methods=["rate_m", "bptt_m"], max_step_s=1.5)
+    assert calls == [("forward", 1, True), ("rate_m", 1, True), ("rate_m", 2, True), ("rate_m", 4, False),
+                     ("bptt_m", 1, True), ("bptt_m", 2, True), ("bptt_m", 4, False)]
+    assert rows[3] == {"method": "rate_m", "timesteps": 4, "step_time_s": None, "compiled_temp_bytes": 400,
+                       "argument_bytes": 1, "output_bytes": 2, "peak_bytes": None}
+
+
+def test_measure_in_process_measures_a_method_or_the_forward_step():
+    model, variables, images, labels = setup("digits_vgg", dtype=jnp.float32, batch=4)
+    measure = analysis.measure_in_process(model, variables, images, labels, repeats=1)
+    step, forward = measure("rate_m", 2, False), measure("forward", 1, False)
+    assert step.step_time_s is None and forward.step_time_s is None
+    assert step == analysis.step_cost(model, "rate_m", variables, images, labels, timesteps=2, run=False)
+    assert 0 < forward.temp_bytes < step.temp_bytes

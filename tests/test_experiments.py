@@ -32,6 +32,28 @@ def trained(tmp_path_factory):
     return str(workdir)
 
 
+class FakeSplit:
+    """Three test batches of 2 examples, the last padded (mask 0) after its first; image = example index."""
+
+    def epoch(self, epoch):
+        for start in (0, 2, 4):
+            yield {"image": np.arange(start, start + 2, dtype=np.float64)[:, None], "label": np.array([1, 2]),
+                   "mask": np.array([1, 0 if start == 4 else 1])}
+
+
+def test_first_test_batches_and_their_weighted_mean_count_real_examples_only():
+    from experiments import common
+
+    batches = list(common.first_test_batches(FakeSplit(), 5, "float32"))
+    assert [images[:, 0].tolist() for images, _ in batches] == [[0, 1], [2, 3], [4]]
+    assert batches[0][0].dtype == np.float32 and batches[2][1].tolist() == [1]
+    means, examples = common.mean_over_test_batches(
+        FakeSplit(), 2, "float32", lambda images: {"b": images.mean(), "a": np.array([images.max(), 1.0])})
+    assert examples == 4 and list(means) == ["b", "a"]  # measure's order, not sorted
+    np.testing.assert_allclose(means["b"], 1.5)
+    np.testing.assert_allclose(means["a"], [2.0, 1.0])  # (1 · 2 + 3 · 2) / 4
+
+
 @pytest.mark.slow  # compiles 3 methods × 2 T in a subprocess
 def test_efficiency_writes_table_plot_and_summary(tmp_path):
     """--max_step_s 0: each method is timed at its first T only, its memory measured at every T."""
@@ -94,11 +116,12 @@ def test_grad_similarity_at_initialisation(tmp_path):
 @pytest.mark.slow  # trains first (the trained fixture)
 @pytest.mark.xdist_group("trained")  # one worker trains it once
 def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
-    run("grad_similarity", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
+    """--workdir alone: the config is the run's record (the smoke config's T = 2, not digits.py's T = 4)."""
+    run("grad_similarity", "--workdir", trained, "--out", str(tmp_path))
     rows = read(tmp_path / "grad_similarity.csv")
     assert {r["seed"] for r in rows} == {"trained"} and {r["timesteps"] for r in rows} == {"2"}
 
-    stdout = run("firing_rates", "--config", "configs/digits.py:smoke", "--workdir", trained, "--out", str(tmp_path))
+    stdout = run("firing_rates", "--workdir", trained, "--out", str(tmp_path))
     rows = read(tmp_path / "firing_rates.csv")
     assert [r["layer"] for r in rows] == ["spike0"] * 3 + ["spike1"] * 3 + ["spike2"] * 3
     assert [r["timestep"] for r in rows[:3]] == ["1", "2", "mean"]
@@ -111,7 +134,20 @@ def test_grad_similarity_and_firing_rates_of_a_trained_run(trained, tmp_path):
 
 @pytest.mark.slow  # trains first (the trained fixture)
 @pytest.mark.xdist_group("trained")
+def test_an_analysis_refuses_a_config_that_differs_from_the_runs_record(trained, tmp_path):
+    """digits.py without :smoke differs from the run's record (T = 4, not 2): one line, exit 2, nothing written."""
+    proc = subprocess.run([sys.executable, "-m", "experiments.firing_rates", "--config", "configs/digits.py",
+                           "--workdir", trained, "--out", str(tmp_path)], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert proc.returncode == 2 and not os.listdir(tmp_path)
+    error, = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert "timesteps" in error and "--workdir" in error and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow  # trains first (the trained fixture)
+@pytest.mark.xdist_group("trained")
 def test_energy_of_a_trained_run(trained, tmp_path):
+    """A --config given with --workdir that agrees with the run's record is accepted."""
     stdout = run("energy", "--config", "configs/digits.py:smoke", "--workdir", trained, "--num_batches", "1",
                  "--out", str(tmp_path))
     rows = read(tmp_path / "energy.csv")

@@ -63,7 +63,7 @@ def setup(name, dtype=jnp.float64, batch=3, seed=0, shape=None):
 def step(model, method, variables, images, labels, timesteps):
     """One step of method; sltt_k backpropagates K = 1 step, drawn from key 0."""
     options = dict(rng=jax.random.key(0), k=1) if method == "sltt_k" else {}
-    return rbp.run_method(method, model, variables, images, labels, timesteps=timesteps, **options)
+    return methods.step_output(method, model, variables, images, labels, timesteps=timesteps, **options)
 
 
 def relative_error(a, b):
@@ -209,7 +209,7 @@ def test_rate_s_spike_counts_are_exact(monkeypatch):
     for t in (1, 256):
         assert all(a.dtype == jnp.float64 for a in jax.tree.leaves(methods._as_spike_counts(sums, t)))
     model, variables, images, labels = setup("digits_vgg", batch=4)
-    run = lambda: jax.jit(lambda v: rbp.run_method("rate_s", model, v, images, labels, timesteps=5))(variables)
+    run = lambda: jax.jit(lambda v: methods.step_output("rate_s", model, v, images, labels, timesteps=5))(variables)
     counted = run()
     monkeypatch.setattr(methods, "_as_spike_counts", lambda record_sums, timesteps: record_sums)
     summed = run()

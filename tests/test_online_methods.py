@@ -9,7 +9,7 @@ import optax
 import pytest
 
 import ratebp_jax as rbp
-from ratebp_jax import analysis, layers, models
+from ratebp_jax import analysis, layers, methods, models
 from ratebp_jax.methods import MEMBRANE
 from ratebp_jax.models.common import Layers
 from test_methods import relative_error, setup, step
@@ -59,7 +59,7 @@ def test_step_by_step_methods_equal_autodiff_through_a_plain_loop(method):
         assert relative_error(out.grads, bptt.grads) > 1e-3  # detaching the membranes does change the gradient
 
 
-sltt_k_step = jax.jit(rbp.run_method, static_argnums=(0, 1), static_argnames=("timesteps", "k"))
+sltt_k_step = jax.jit(methods.step_output, static_argnums=(0, 1), static_argnames=("timesteps", "k"))
 
 
 def test_sltt_k_with_k_equal_to_t_is_sltt():

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ratebp_jax import analysis, models, opcount
+from ratebp_jax import analysis, models
+from ratebp_jax.analysis import opcount
 
 
 class Tiny(nn.Module):

@@ -62,8 +62,8 @@ def test_the_step_compiles_once_for_every_seed(monkeypatch):
         traces.append(1)  # runs once per trace of the step, never when a compiled step runs
         return real(*args, **kwargs)
 
-    real = methods.run_method
-    monkeypatch.setattr(methods, "run_method", counted)
+    real = methods.step_output
+    monkeypatch.setattr(methods, "step_output", counted)
     config = tiny_digits_config(method="sltt_k", sltt_k=1, timesteps=3)
     batch = {"image": np.random.default_rng(0).normal(size=(4, 8, 8, 1)).astype(np.float32),
              "label": np.arange(4, dtype=np.int32)}
