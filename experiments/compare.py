@@ -23,10 +23,10 @@ from __future__ import annotations
 import os
 import statistics
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments import cli, report
+from experiments import cli, common, report
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:smoke]).")
 _METHODS = flags.DEFINE_list("methods", ["all"], "Methods (ratebp_jax.METHODS), or 'all'.")
@@ -90,15 +90,10 @@ def step_costs(config, methods: list[str], split) -> dict:
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
-    from ratebp_jax import configuration, data, methods, plotting, runs, train
+    common.start(argv)
+    from ratebp_jax import configuration, data, plotting, runs, train
 
-    names = list(methods.METHODS) if _METHODS.value == ["all"] else _METHODS.value
-    unknown = [m for m in names if m not in methods.METHODS]
-    if unknown:
-        raise app.UsageError(f"--methods: unknown {unknown}; allowed: {list(methods.METHODS)} or 'all'")
+    names = common.method_names(_METHODS.value)
     seeds = [int(s) for s in _SEEDS.value]
     base = _CONFIG.value
     if base.get("sltt_k") is None:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import json
 import os
 
-from absl import app, flags
+from absl import flags
 
-from experiments import cli, report
+from experiments import cli, common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run (experiments.train).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Which checkpoint: best test accuracy, or latest.")
@@ -26,9 +26,7 @@ flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
+    common.start(argv)
     import jax.numpy as jnp
     from flax.jax_utils import replicate
 

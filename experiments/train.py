@@ -19,10 +19,10 @@ and exits with status 75; the same command resumes.
 
 import sys
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
-from experiments import cli, report
+from experiments import cli, common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/NAME.py[:smoke]).",
                                           lock_config=True)
@@ -35,9 +35,7 @@ PREEMPTED = 75  # EX_TEMPFAIL: stopped by a signal after saving; rerun to resume
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
+    common.start(argv)
     import jax
 
     from ratebp_jax import checkpoint, configuration, data, multihost, runs, train

@@ -2,7 +2,7 @@
 
     train_and_evaluate(config, workdir) -> results dict
 
-One step is ``methods.run_method`` on each device's share of the global batch,
+One step is ``methods.step_output`` on each device's share of the global batch,
 with gradients, metrics and (through the model's axis_name) every BatchNorm
 statistic averaged over the devices of the pmap axis "batch". The loop checks
 each step's loss (one step behind, so the devices never wait), evaluates and
