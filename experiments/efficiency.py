@@ -2,6 +2,8 @@
 
     python -m experiments.efficiency --model resnet18 --batch_size 16 \
         --timesteps 1,2,4,6,8 --methods all --out DIR
+    python -m experiments.efficiency --model_module my_models --model my_cnn \
+        --model_kwargs '{"width": 32}' ...      (a registered model of one's own)
 
 For each method and T: the median wall time of the jitted step (forward and
 backward, after a warm-up call), XLA's compiled memory of the step
@@ -29,6 +31,7 @@ compiling is cheap), so a slow method on a CPU does not take hours.
 from __future__ import annotations
 
 import functools
+import importlib
 import json
 import os
 import subprocess
@@ -38,7 +41,11 @@ from absl import app, flags
 
 from experiments import report
 
-_MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.NAMES.")
+_MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.names() (with --model_module).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register), as config.model_module.")
+_MODEL_KWARGS = flags.DEFINE_string("model_kwargs", "{}", "JSON dict of keyword arguments of the model's builder, "
+                                    "as config.model_kwargs.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the step.")
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["1", "2", "4", "6", "8"], "Values of T.")
 _METHODS = flags.DEFINE_list("methods", ["bptt_m", "bptt_s", "rate_m", "rate_s"],
@@ -63,10 +70,13 @@ def setup():
 
     from ratebp_jax import models
 
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
+    if _MODEL_MODULE.value:
+        importlib.import_module(_MODEL_MODULE.value)
+    h, w, c = models.input_shape(_MODEL.value)
     if _IMAGE_SIZE.value:
         h = w = _IMAGE_SIZE.value
-    model = models.create(_MODEL.value, num_classes=10, in_channels=c, dtype=_DTYPE.value)
+    model = models.create(_MODEL.value, num_classes=10, in_channels=c, dtype=_DTYPE.value,
+                          model_kwargs=json.loads(_MODEL_KWARGS.value))
     images = jax.random.normal(jax.random.key(1), (_BATCH.value, h, w, c), _DTYPE.value)
     labels = jax.random.randint(jax.random.key(2), (_BATCH.value,), 0, 10)
     return model, models.init(model, jax.random.key(0), images, timesteps=1), images, labels
@@ -77,7 +87,7 @@ def measure_isolated(method: str, timesteps: int, run: bool):
     the accelerator to itself (the allocator's peak is then this step's own)."""
     from ratebp_jax import analysis
 
-    flag_names = ("model", "batch_size", "image_size", "dtype", "repeats", "sltt_k")
+    flag_names = ("model", "model_module", "model_kwargs", "batch_size", "image_size", "dtype", "repeats", "sltt_k")
     argv = [flags.FLAGS[name].serialize() for name in flag_names]
     proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
                            f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)

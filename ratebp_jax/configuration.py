@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping
 
 import jax
@@ -27,6 +28,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def import_model_module(config: Any) -> None:
+    """Imports config.model_module (if set), the module that registers config.model
+    (models.register); ConfigError naming the field if it cannot be imported."""
+    module = config.get("model_module") or ""
+    if not module:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(f"config.model_module={module!r} is invalid: cannot import it ({error}); "
+                          "it must be importable from the working directory or PYTHONPATH") from None
+
+
+def model_kwargs(config: Any) -> dict:
+    """config.model_kwargs as a plain dict ({} when absent)."""
+    kwargs = config.get("model_kwargs") or {}
+    return kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+
+
 def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None, *,
              sequence_lengths: Mapping[str, int] | None = None) -> None:
     """Raises ConfigError for the first invalid field of ``config`` (an ml_collections ConfigDict).
@@ -38,7 +58,13 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
     """
     device_count = jax.device_count() if device_count is None else device_count
     _check(config.dataset in datasets, "dataset", config.dataset, f"must be one of {datasets}")
-    _check(config.model in models.NAMES, "model", config.model, f"must be one of {models.NAMES}")
+    import_model_module(config)
+    _check(config.model in models.names(), "model", config.model,
+           f"must be one of {models.names()} (a model of one's own: set config.model_module to the module "
+           "that registers it)")
+    model_kwargs = config.get("model_kwargs") or {}
+    _check(hasattr(model_kwargs, "items") and all(isinstance(k, str) for k in model_kwargs.keys()), "model_kwargs",
+           model_kwargs, "must be a dict of keyword arguments of the model's builder")
     _check(config.method in methods.METHODS, "method", config.method, f"must be one of {methods.METHODS}")
     _check(_is_int(config.timesteps) and config.timesteps >= 1, "timesteps", config.timesteps,
            "must be an integer >= 1")
