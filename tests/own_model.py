@@ -1,7 +1,7 @@
 """Models of one's own, written as a user would, with ratebp_jax's public API only
 (tests/test_own_model.py; the CLI tests import this module as config.model_module).
 
-own_cnn: conv → BatchNorm → LIF (the encoder), a marked residual block without
+own_cnn: conv → BatchNorm → LIF (the encoder), marked residual blocks without
 BatchNorm, a marked block without parameters (average pool → LIF), a dense head.
 own_mlp: a dense layer on the flattened image first, no BatchNorm anywhere.
 """
@@ -58,6 +58,7 @@ class OwnCNN(nn.Module):
     num_classes: int
     setting: models.Layers
     width: int = 8
+    blocks: int = 1  # residual blocks
 
     @nn.compact
     def __call__(self, x: jax.Array, *, mode: str) -> jax.Array:
@@ -65,8 +66,9 @@ class OwnCNN(nn.Module):
         x = conv(s, self.width, spiking_input=False, **SAME)(x, mode)  # reads the image: no trace for OTTT
         x = layers.BatchNorm(axis_name=s.axis_name, dtype=s.dtype, param_dtype=s.param_dtype)(x, mode)
         x = layers.LIF(s.neuron)(x, mode)
-        x = Residual(s)(x, mode)
-        x = SpikingPool(s)(x, mode)
+        for _ in range(self.blocks):
+            x = Residual(s, remat_form=s.remat_form)(x, mode)  # follows models.create(remat_form=...)
+        x = SpikingPool(s, remat_form=s.remat_form)(x, mode)
         x = x.reshape(x.shape[:-3] + (-1,))
         return layers.Dense(self.num_classes, dtype=s.dtype, param_dtype=s.param_dtype,
                             trace_decay=s.neuron.decay)(x, mode)
@@ -88,9 +90,10 @@ class OwnMLP(nn.Module):
         return dense(self.num_classes)(x, mode)
 
 
-def build_cnn(num_classes: int, setting: models.Layers, in_channels: int, *, width: int = 8) -> OwnCNN:
+def build_cnn(num_classes: int, setting: models.Layers, in_channels: int, *, width: int = 8,
+              blocks: int = 1) -> OwnCNN:
     del in_channels  # any
-    return OwnCNN(num_classes, setting, width)
+    return OwnCNN(num_classes, setting, width, blocks)
 
 
 def build_mlp(num_classes: int, setting: models.Layers, in_channels: int, *, hidden: int = 16) -> OwnMLP:
