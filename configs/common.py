@@ -33,7 +33,8 @@ def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epoch
     config.model = model                # a name of ratebp_jax.models.names(): the zoo's NAMES or a registered one
     config.model_module = ""            # module imported before the model is created, which registers config.model
                                         # (models.register; importable from the working directory or PYTHONPATH)
-    config.model_kwargs = ml_collections.ConfigDict()  # keyword arguments of the model's builder (widths, depths)
+    config.model_kwargs = ml_collections.ConfigDict()  # keyword arguments of the model's builder (widths, depths);
+                                        # keys are added in a config file, --config.model_kwargs.KEY=V then overrides
     config.method = method              # bptt_m | bptt_s | rate_m | rate_s | sltt | sltt_k | ottt | bptt_remat
     config.sltt_k = ml_collections.FieldReference(None, field_type=int)  # K of sltt_k: steps that backpropagate
     config.timesteps = timesteps        # T, simulation steps per example
