@@ -21,6 +21,7 @@ the table.
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -33,6 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of a trained r
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of that run; its best checkpoint is used.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Test batches to average over (a trained run).")
 _MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --config).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size at initialisation.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
 _TIMESTEPS = flags.DEFINE_integer("timesteps", 4, "T at initialisation (with --config: its T).")
@@ -78,7 +81,9 @@ def measure() -> tuple[str, str | None, int, str, list[dict]]:
         examples = sum(n for _, n in batches)
         return (config.model, config.method, config.timesteps,
                 f"{config.dataset}, {examples} test images, best checkpoint", weighted_mean(batches))
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
+    if _MODEL_MODULE.value:
+        importlib.import_module(_MODEL_MODULE.value)
+    h, w, c = models.input_shape(_MODEL.value)
     if _IMAGE_SIZE.value:
         h = w = _IMAGE_SIZE.value
     model = models.create(_MODEL.value, num_classes=10, in_channels=c)

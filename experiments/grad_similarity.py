@@ -17,6 +17,7 @@ overall table (mean and spread over seeds).
 
 from __future__ import annotations
 
+import importlib
 import os
 import statistics
 import sys
@@ -29,6 +30,8 @@ from experiments import report
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config of a trained run (with --workdir).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of that run; its best checkpoint is used.")
 _MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --config).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T (with --config: its T).")
@@ -54,7 +57,9 @@ def batches():
         images = np.asarray(batch["image"][:_BATCH.value], config.dtype)
         yield config.model, model, variables, images, batch["label"][:_BATCH.value], config.timesteps, "trained"
         return
-    h, w, c = models.INPUT_SHAPES[_MODEL.value]
+    if _MODEL_MODULE.value:
+        importlib.import_module(_MODEL_MODULE.value)
+    h, w, c = models.input_shape(_MODEL.value)
     if _IMAGE_SIZE.value:
         h = w = _IMAGE_SIZE.value
     model = models.create(_MODEL.value, num_classes=10, in_channels=c)
