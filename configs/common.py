@@ -30,7 +30,11 @@ def base(*, dataset: str, model: str, timesteps: int, batch_size: int, num_epoch
     config.data_dir = ""                # TFDS data dir ("" = TFDS's default, ~/tensorflow_datasets)
     config.manual_dir = ""              # where manually downloaded files are (imagenet2012, cifar10_dvs, shd)
     config.augment = True               # training-set augmentation of the recipe (SPEC §6)
-    config.model = model                # a name of ratebp_jax.models.NAMES
+    config.model = model                # a name of ratebp_jax.models.names(): the zoo's NAMES or a registered one
+    config.model_module = ""            # module imported before the model is created, which registers config.model
+                                        # (models.register; importable from the working directory or PYTHONPATH)
+    config.model_kwargs = ml_collections.ConfigDict()  # keyword arguments of the model's builder (widths, depths);
+                                        # keys are added in a config file, --config.model_kwargs.KEY=V then overrides
     config.method = method              # bptt_m | bptt_s | rate_m | rate_s | sltt | sltt_k | ottt | bptt_remat
     config.sltt_k = ml_collections.FieldReference(None, field_type=int)  # K of sltt_k: steps that backpropagate
     config.timesteps = timesteps        # T, simulation steps per example

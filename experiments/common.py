@@ -65,18 +65,27 @@ class Setup(NamedTuple):
 
 
 def random_init(model_name: str, *, batch_size: int, image_size: int = 0, seed: int = 0, dtype: str = "float32",
-                num_classes: int = 10) -> Setup:
-    """A zoo model at initialisation and a random batch at its input size (image_size: height =
-    width instead; 0: the model's own), all drawn from jax.random.key(seed), as SPEC oracle 4."""
+                num_classes: int = 10, model_module: str = "", model_kwargs: dict | None = None) -> Setup:
+    """A model at initialisation and a random batch at its input size (image_size: height =
+    width instead; 0: the model's own), all drawn from jax.random.key(seed), as SPEC oracle 4.
+
+    model_module: imported first, so that it registers model_name (as config.model_module);
+    model_kwargs: its builder's keyword arguments (config.model_kwargs).
+    """
+    import importlib
+
     import jax
 
     from ratebp_jax import models
 
-    h, w, c = models.INPUT_SHAPES[model_name]
+    if model_module:
+        importlib.import_module(model_module)
+    h, w, c = models.input_shape(model_name)
     if image_size:
         h = w = image_size
     key = jax.random.key(seed)
-    model = models.create(model_name, num_classes=num_classes, in_channels=c, dtype=dtype)
+    model = models.create(model_name, num_classes=num_classes, in_channels=c, dtype=dtype,
+                          model_kwargs=model_kwargs or {})
     images = jax.random.uniform(jax.random.fold_in(key, 1), (batch_size, h, w, c), dtype)
     labels = jax.random.randint(jax.random.fold_in(key, 2), (batch_size,), 0, num_classes)
     return Setup(model, models.init(model, key, images, timesteps=1), images, labels)

@@ -2,6 +2,8 @@
 
     python -m experiments.efficiency --model resnet18 --batch_size 16 \
         --timesteps 1,2,4,6,8 --methods all --out DIR
+    python -m experiments.efficiency --model_module my_models --model my_cnn \
+        --model_kwargs '{"width": 32}' ...      (a registered model of one's own)
 
 For each method and T: the median wall time of the jitted step (forward and
 backward, after a warm-up call), XLA's compiled memory of the step
@@ -37,7 +39,11 @@ from absl import flags
 
 from experiments import cli, common, report
 
-_MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.NAMES.")
+_MODEL = flags.DEFINE_string("model", "resnet18", "A name of ratebp_jax.models.names() (with --model_module).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register), as config.model_module.")
+_MODEL_KWARGS = flags.DEFINE_string("model_kwargs", "{}", "JSON dict of keyword arguments of the model's builder, "
+                                    "as config.model_kwargs.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size of the step.")
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["1", "2", "4", "6", "8"], "Values of T.")
 _METHODS = flags.DEFINE_list("methods", ["bptt_m", "bptt_s", "rate_m", "rate_s"],
@@ -61,7 +67,8 @@ def measure_here():
     from ratebp_jax import analysis
 
     setup = common.random_init(_MODEL.value, batch_size=_BATCH.value, image_size=_IMAGE_SIZE.value,
-                               dtype=_DTYPE.value)
+                               dtype=_DTYPE.value, model_module=_MODEL_MODULE.value,
+                               model_kwargs=json.loads(_MODEL_KWARGS.value))
     return analysis.measure_in_process(*setup, repeats=_REPEATS.value, k=_SLTT_K.value)
 
 
@@ -70,7 +77,7 @@ def measure_isolated(method: str, timesteps: int, run: bool):
     the accelerator to itself (the allocator's peak is then this step's own)."""
     from ratebp_jax import analysis
 
-    flag_names = ("model", "batch_size", "image_size", "dtype", "repeats", "sltt_k")
+    flag_names = ("model", "model_module", "model_kwargs", "batch_size", "image_size", "dtype", "repeats", "sltt_k")
     argv = [flags.FLAGS[name].serialize() for name in flag_names]
     proc = subprocess.run([sys.executable, "-m", "experiments.efficiency", *argv,
                            f"--one={method}:{timesteps}:{int(run)}"], capture_output=True, text=True, check=True)

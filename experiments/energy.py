@@ -34,6 +34,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional, with --work
                                           "against its record.")
 _NUM_BATCHES = flags.DEFINE_integer("num_batches", 4, "Test batches to average over (a trained run).")
 _MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --workdir).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size at initialisation.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
 _TIMESTEPS = flags.DEFINE_integer("timesteps", 4, "T at initialisation (a trained run: its own).")
@@ -69,7 +71,8 @@ def measure(trained: bool) -> tuple[str, str | None, int, str, list[dict]]:
         return (config.model, config.method, config.timesteps,
                 f"{config.dataset}, {examples} test images, best checkpoint", rows)
     model, variables, images, _ = common.random_init(_MODEL.value, batch_size=_BATCH.value,
-                                                     image_size=_IMAGE_SIZE.value, seed=_SEED.value)
+                                                     image_size=_IMAGE_SIZE.value, seed=_SEED.value,
+                                                     model_module=_MODEL_MODULE.value)
     rows = count(model, variables, images, _TIMESTEPS.value)
     h, w = images.shape[1:3]
     return _MODEL.value, None, _TIMESTEPS.value, f"{_BATCH.value} random {h}×{w} images, initialisation", rows

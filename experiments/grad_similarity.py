@@ -30,6 +30,8 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a trained run; its b
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Optional, with --workdir: the run's config, checked "
                                           "against its record.")
 _MODEL = flags.DEFINE_string("model", "resnet18", "Model at initialisation (without --workdir).")
+_MODEL_MODULE = flags.DEFINE_string("model_module", "", "A module to import first, which registers --model "
+                                    "(ratebp_jax.models.register).")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Batch size.")
 _IMAGE_SIZE = flags.DEFINE_integer("image_size", 0, "Input height = width at initialisation (0: the model's).")
 _TIMESTEPS = flags.DEFINE_list("timesteps", ["2", "4", "6"], "Values of T at initialisation (a trained run: "
@@ -54,7 +56,8 @@ def batches(trained: bool):
         return
     for seed in (int(s) for s in _SEEDS.value):
         model, variables, images, labels = common.random_init(_MODEL.value, batch_size=_BATCH.value,
-                                                              image_size=_IMAGE_SIZE.value, seed=seed)
+                                                              image_size=_IMAGE_SIZE.value, seed=seed,
+                                                              model_module=_MODEL_MODULE.value)
         for t in sorted(int(t) for t in _TIMESTEPS.value):  # the same parameters at every T
             yield _MODEL.value, model, variables, images, labels, t, _SLTT_K.value, seed
 

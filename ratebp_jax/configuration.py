@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from typing import Any, Mapping
 
 import jax
@@ -28,6 +29,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def import_model_module(config: Any) -> None:
+    """Imports config.model_module (if set), the module that registers config.model
+    (models.register); ConfigError naming the field if it cannot be imported."""
+    module = config.get("model_module") or ""
+    if not module:
+        return
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        raise ConfigError(f"config.model_module={module!r} is invalid: cannot import it ({error}); "
+                          "it must be importable from the working directory or PYTHONPATH") from None
+
+
+def model_kwargs(config: Any) -> dict:
+    """config.model_kwargs as a plain dict ({} when absent)."""
+    kwargs = config.get("model_kwargs") or {}
+    return kwargs.to_dict() if hasattr(kwargs, "to_dict") else dict(kwargs)
+
+
 def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = None, *,
              sequence_lengths: Mapping[str, int] | None = None,
              input_shapes: Mapping[str, tuple[int, ...]] | None = None) -> None:
@@ -43,7 +63,13 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
     """
     device_count = jax.device_count() if device_count is None else device_count
     _check(config.dataset in datasets, "dataset", config.dataset, f"must be one of {datasets}")
-    _check(config.model in models.NAMES, "model", config.model, f"must be one of {models.NAMES}")
+    import_model_module(config)
+    _check(config.model in models.names(), "model", config.model,
+           f"must be one of {models.names()} (a model of one's own: set config.model_module to the module "
+           "that registers it)")
+    model_kwargs = config.get("model_kwargs") or {}
+    _check(hasattr(model_kwargs, "items") and all(isinstance(k, str) for k in model_kwargs.keys()), "model_kwargs",
+           model_kwargs, "must be a dict of keyword arguments of the model's builder")
     _check(config.method in methods.METHODS, "method", config.method, f"must be one of {methods.METHODS}")
     _check(_is_int(config.timesteps) and config.timesteps >= 1, "timesteps", config.timesteps,
            "must be an integer >= 1")
@@ -87,7 +113,12 @@ def validate(config: Any, datasets: tuple[str, ...], device_count: int | None = 
 
 def _check_model_input(config: Any, shape: tuple[int, ...]) -> None:
     """ConfigError naming model and input shape if the model fails on one example of that shape."""
-    model = models.create(config.model, num_classes=10, in_channels=shape[-1], **config.neuron)
+    try:
+        model = models.create(config.model, num_classes=10, in_channels=shape[-1], model_kwargs=model_kwargs(config),
+                              **config.neuron)
+    except (TypeError, ValueError) as error:  # e.g. a model_kwargs key its builder does not take
+        raise ConfigError(f"config.model_kwargs={model_kwargs(config)!r} is invalid for model {config.model!r}: "
+                          f"{str(error).splitlines()[0]}") from None
     try:
         jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros((1,) + shape),
                                            timesteps=config.timesteps))

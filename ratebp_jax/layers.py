@@ -4,8 +4,9 @@ A model is written once and called with a ``mode``:
 
   multi-step, on time-major tensors [T, B, ...]:
     "bptt"   surrogate-gradient LIF scan; BatchNorm on the statistics over T·B
-    "bptt_remat"  as "bptt"; the model's blocks (Layers.block) recompute their
-             activations in the backward pass instead of storing them
+    "bptt_remat"  as "bptt"; the model's marked blocks (remat(Block), or
+             models.common.Layers.block) recompute their activations in the
+             backward pass instead of storing them
     "spike"  the rate method's spike pass: as "bptt", and every layer records
              what the rate pass needs in the collection RECORD
     "eval"   LIF scan; BatchNorm on its running statistics
@@ -30,6 +31,7 @@ mode; Conv writes its own gradients in "bptt_step" and "ottt_step"
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -39,6 +41,7 @@ import jax.numpy as jnp
 
 from ratebp_jax import neuron as neuron_lib
 from ratebp_jax import online, ratebp
+from ratebp_jax import remat as remat_lib
 
 MULTI_STEP_MODES = ("bptt", "bptt_remat", "spike", "eval")
 STEP_MODES = ("bptt_step", "spike_step", "ottt_step")
@@ -279,3 +282,46 @@ class Dense(nn.Dense):
         trace = _presynaptic_trace(self, x)
         layer = _as_function(self)
         return online.custom_weight_grad(layer, online.autodiff_weight_grad(layer), self.variables["params"], x, trace)
+
+
+def remat(block: type[nn.Module]) -> type[nn.Module]:
+    """``block`` (a flax Module class called as block(x, mode)) marked as a block whose
+    activations "bptt_remat" recomputes in the backward pass, as nn.remat(block) marks one
+    for jax.checkpoint.
+
+        Block = remat(Block)                 # or: @remat on the class
+        y = Block(features, name="block1")(x, mode)
+
+    The marked class has block's fields, plus ``remat_form`` (remat.FORMS, default "auto":
+    jax.checkpoint, or on CPU a custom_vjp; see ratebp_jax.remat) and block's class name,
+    so its variables have the same paths. In every mode but "bptt_remat" it is block; in
+    "bptt_remat" its backward pass keeps only x and its variables. Any block content works:
+    with or without parameters and BatchNorm. The method bptt_remat refuses a model that
+    marks no block.
+    """
+    if not (isinstance(block, type) and issubclass(block, nn.Module)):
+        raise TypeError(f"remat takes a flax Module class (the block), got {block!r}")
+    if getattr(block, "recomputes_in_backward", False):
+        return block
+
+    def __call__(self, x: jax.Array, mode: str) -> jax.Array:
+        if mode != "bptt_remat" or self.is_initializing():
+            return block.__call__(self, x, mode=mode)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(block) if f.name not in ("parent", "name")}
+        plain = block(**fields, parent=None)  # the block unmarked and unbound: a pure function of its variables
+
+        def block_fn(params, batch_stats, x):
+            y, state = plain.apply({"params": params, "batch_stats": batch_stats}, x, mode=mode, mutable=["batch_stats"])
+            return y, state.get("batch_stats", {})
+
+        own = self.variables
+        y, batch_stats = remat_lib.recompute(block_fn, own.get("params", {}), own.get("batch_stats", {}), x,
+                                             self.remat_form)
+        for name, stats in batch_stats.items():
+            self.put_variable("batch_stats", name, stats)
+        return y
+
+    namespace = {"__annotations__": {"remat_form": str}, "remat_form": "auto", "__call__": __call__,
+                 "recomputes_in_backward": True, "__module__": block.__module__, "__qualname__": block.__qualname__,
+                 "__doc__": block.__doc__}
+    return type(block.__name__, (block,), namespace)

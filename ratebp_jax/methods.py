@@ -10,7 +10,7 @@
     bptt_remat  bptt_m whose backward pass recomputes each block's activations from its input
 
 Each takes (model, variables, images, labels, timesteps) with variables =
-{"params", "batch_stats"}, images [B, H, W, C] (static, repeated T times) or
+{"params", "batch_stats"} (either may be an empty dict), images [B, H, W, C] (static, repeated T times) or
 [B, T, H, W, C] (a sequence), labels int [B], and returns a StepOutput;
 sltt_k also takes rng (a key) and k. BatchNorm runs in training mode; nothing
 here is device-specific (under pmap the model's BatchNorm averages its
@@ -38,7 +38,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ratebp_jax import inputs
+from ratebp_jax import contract, inputs
 from ratebp_jax.layers import MEMBRANE, RECORD, TRACE
 
 
@@ -75,8 +75,8 @@ def bptt_m(model, variables, images, labels, timesteps, mode: str = "bptt") -> S
 
 
 def bptt_remat(model, variables, images, labels, timesteps) -> StepOutput:
-    # bptt_m, in which each block of the model (Layers.block) keeps only its input for the
-    # backward pass and recomputes its activations there
+    # bptt_m, in which each marked block of the model (layers.remat, Layers.block) keeps only its
+    # input and variables for the backward pass and recomputes its activations there
     return bptt_m(model, variables, images, labels, timesteps, mode="bptt_remat")
 
 
@@ -238,11 +238,14 @@ def step_output(method: str, model: nn.Module, variables: dict, images: jax.Arra
 
     rng and k: the key and K of sltt_k (both required there, ignored by the
     other methods). Shapes and dtypes are checked here; label values are not
-    (see check_labels).
+    (see check_labels). So is the model, in an abstract trace: a layer the
+    method cannot run raises contract.ModelError naming its path.
     """
     check_method(method)
     inputs.check_inputs(images, timesteps)
     check_labels(labels, images)
+    variables = contract.as_variables(variables)
+    contract.check_model(model, variables, images, method, timesteps)  # before compiling: one line naming the layer
     if method != "sltt_k":
         return METHOD_FNS[method](model, variables, images, labels, timesteps)
     if rng is None or k is None:
@@ -267,5 +270,5 @@ def compute_grads(method: str, model: nn.Module, variables: dict, images: jax.Ar
 def evaluate(model: nn.Module, variables: dict, images: jax.Array, *, timesteps: int) -> jax.Array:
     """Time-mean logits [B, classes] of the multi-step forward with running statistics (SPEC §3.3)."""
     inputs.check_inputs(images, timesteps)
-    variables = {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    variables = contract.as_variables(variables)
     return model.apply(variables, inputs.time_major(images, timesteps), mode="eval").mean(axis=0)

@@ -78,14 +78,20 @@ def lif_trace_step(trace: LIFTrace, x: jax.Array, neuron: LIFParams) -> tuple[LI
     return next_trace, s
 
 
-def lif_spike_pass(x: jax.Array, neuron: LIFParams) -> tuple[jax.Array, jax.Array, jax.Array]:
+def lif_spike_pass(x: jax.Array, neuron: LIFParams | None = None,
+                   **neuron_kwargs) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Spikes, rate and eligibility of a LIF population, in one scan; no gradient.
+
+    The spike pass of one LIF layer (SPEC §3.1): its spikes feed the next
+    layer, its rate and eligibility the rate pass (rate_grad).
 
     Args:
       x: [T, ...] input currents.
+      neuron: LIFParams, or its fields as keywords (as for lif_scan).
     Returns:
       spikes [T, ...], rate [...] and eligibility [...], all of x's dtype.
     """
+    neuron = as_lif_params(neuron, **neuron_kwargs)
     # The spikes are written into a carried copy of x (only written in the loop: a buffer that
     # is also read there is copied every step) rather than being the scan's stacked output:
     # XLA:CPU allocates stacked outputs at the start of the program, so every layer's spikes
@@ -114,6 +120,11 @@ def lif_rate_stats(x: jax.Array, neuron: LIFParams | None = None, **neuron_kwarg
       (rate, elig), each of shape x.shape[1:] and x's dtype; no gradient.
       elig is the surrogate derivative of rate with respect to a shift added
       to every x_t.
+
+    Both are means over t. A rate pass built on them (rate_grad) gives the
+    gradient of its own loss; the library's rate methods, as the reference,
+    scale that gradient by 1/T (they differentiate loss / T; see rate_grad).
+    lif_spike_pass returns the spikes too, from the same scan.
     """
     _, rate, elig = lif_spike_pass(x, as_lif_params(neuron, **neuron_kwargs))
     return rate, elig
@@ -128,6 +139,12 @@ def rate_grad(x: jax.Array, rate: jax.Array, elig: jax.Array) -> jax.Array:
       rate, elig: [B, ...] recorded by the spike pass; they get no gradient.
     Returns:
       rate, with the derivative elig with respect to x.
+
+    The 1/T scaling (SPEC §3.2): the library's rate methods differentiate
+    loss / T, as the reference does, while reporting the loss itself; a
+    hand-written rate pass built on rate_grad matches their gradients only if
+    it divides its loss (or its gradients) by T too. At T = 1 its gradients
+    then equal BPTT's (SPEC oracle 1).
     """
     del x, elig
     return rate

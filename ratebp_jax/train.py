@@ -76,9 +76,12 @@ def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation
 
 
 def create_model(config, num_classes: int, in_channels: int, axis_name: str | None = AXIS):
-    """The config's model; with axis_name its BatchNorm averages statistics over that pmap axis."""
+    """The config's model (config.model_module imported first, which may register it); with
+    axis_name its BatchNorm averages statistics over that pmap axis."""
+    configuration.import_model_module(config)
     return models.create(config.model, num_classes=num_classes, in_channels=in_channels,
-                         dtype=jnp.dtype(config.dtype), axis_name=axis_name, **config.neuron)
+                         dtype=jnp.dtype(config.dtype), axis_name=axis_name,
+                         model_kwargs=configuration.model_kwargs(config), **config.neuron)
 
 
 def create_train_state(config, model, images: np.ndarray, steps_per_epoch: int) -> TrainState:

@@ -48,7 +48,7 @@ def random_variables(model, images, seed=0):
         return jnp.asarray(value, leaf.dtype)
 
     variables = jax.tree_util.tree_map_with_path(draw, shapes)
-    return {"params": variables["params"], "batch_stats": variables["batch_stats"]}
+    return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
 
 
 def setup(name, dtype=jnp.float64, batch=3, seed=0, shape=None):

@@ -1,7 +1,9 @@
-"""The quickstart notebook runs top to bottom headless, and its training cells reach 95% on digits."""
+"""The notebooks run top to bottom headless: the quickstart's training cells reach 95% on digits;
+own_model's model trains with every method and its rate gradients equal BPTT's at T = 1."""
 
 import json
 import os
+import re
 import time
 
 import nbformat
@@ -10,10 +12,12 @@ from nbclient import NotebookClient
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(REPO, "notebooks", "quickstart.ipynb")
+OWN_MODEL = os.path.join(REPO, "notebooks", "own_model.ipynb")
 
 
-def test_notebook_is_committed_without_outputs():
-    notebook = nbformat.read(NOTEBOOK, as_version=4)
+@pytest.mark.parametrize("path", [NOTEBOOK, OWN_MODEL])
+def test_notebook_is_committed_without_outputs(path):
+    notebook = nbformat.read(path, as_version=4)
     code = [cell for cell in notebook.cells if cell.cell_type == "code"]
     assert code and all(not cell.outputs and cell.execution_count is None for cell in code)
 
@@ -39,3 +43,19 @@ def test_quickstart_runs_and_both_methods_reach_95_percent(tmp_path, monkeypatch
     eligibility_line = [output["text"] for cell in notebook.cells if cell.cell_type == "code"
                         for output in cell.outputs if "largest |eligibility" in output.get("text", "")]
     assert float(eligibility_line[0].split("=")[1]) < 1e-5
+
+
+@pytest.mark.slow  # compiles the eight methods of a small model (about a minute on 2 cores)
+def test_own_model_notebook_runs_every_method_and_matches_bptt_at_one_step(monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    notebook = nbformat.read(OWN_MODEL, as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": os.path.dirname(OWN_MODEL)}}).execute()
+    text = "".join(output.get("text", "") for cell in notebook.cells if cell.cell_type == "code"
+                   for output in cell.outputs)
+    import ratebp_jax
+    assert all(f"{method:10s} loss" in text for method in ratebp_jax.METHODS)
+    lines = [line for line in text.splitlines() if line.startswith("T = 1:")]
+    assert len(lines) == 2 and all(float(re.findall(r"[0-9.]+e[-+][0-9]+", line)[0]) < 1e-10 for line in lines), lines
+    accuracy = float(text.split("test accuracy ")[1].split("%")[0])
+    assert accuracy > 80, accuracy

@@ -175,9 +175,10 @@ def test_oracle5_bptt_remat_equals_bptt_m(name):
     assert relative_error(remat.batch_stats, bptt.batch_stats) <= 1e-12
 
 
-def compiled_temp_bytes(name, method, timesteps):
-    """XLA's compiled temporaries of one step (32×32, batch 8, float32); compiled, not run."""
-    model = models.create(name, num_classes=10)
+def compiled_temp_bytes(name, method, timesteps, **create_kwargs):
+    """XLA's compiled temporaries of one step (32×32, batch 8, float32); compiled, not run.
+    create_kwargs: more arguments of models.create."""
+    model = models.create(name, num_classes=10, **create_kwargs)
     images = jax.ShapeDtypeStruct((8, 32, 32, 3), jnp.float32)
     labels = jax.ShapeDtypeStruct((8,), jnp.int32)
     variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros(images.shape), timesteps=1))

@@ -9,7 +9,6 @@ BatchNorm layers (see ratebp_jax.layers).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable
 
@@ -18,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ratebp_jax import remat as remat_lib
 from ratebp_jax.layers import LIF, BatchNorm, Conv, Dense
 from ratebp_jax.neuron import LIFParams
 
@@ -50,16 +50,21 @@ class Layers:
     axis_name: str | None = None
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    remat_form: str = "auto"  # how "bptt_remat" recomputes a block: ratebp_jax.remat.FORMS
+
+    def __post_init__(self):
+        remat_lib.check_form(self.remat_form)
 
     def block(self, parent: nn.Module, block: nn.Module | Callable, x: jax.Array, mode: str) -> jax.Array:
         """A block of the model parent applied to x: a child module of parent, called as
         block(x, mode), or a function block(module, x, mode) that creates its layers in
         module. In mode "bptt_remat" the backward pass recomputes the block's activations
-        from x instead of storing them (recompute_in_backward).
+        from x instead of storing them (recompute_in_backward). For a block that is a
+        module, ratebp_jax.layers.remat(BlockClass) marks it the same way.
         """
         fn = (lambda module, x, mode: block.clone(parent=module)(x, mode)) if isinstance(block, nn.Module) else block
         if mode == "bptt_remat" and not parent.is_initializing():
-            return recompute_in_backward(parent, fn, x, mode)
+            return recompute_in_backward(parent, fn, x, mode, self.remat_form)
         return block(x, mode) if isinstance(block, nn.Module) else block(parent, x, mode)
 
     def lif(self, name: str) -> LIF:
@@ -91,55 +96,37 @@ class _Call(nn.Module):
     """fn(module, x, mode) as a module: the layers fn creates are its children, named as fn names them."""
 
     fn: Callable
+    recomputes_in_backward = True  # a marked block (see ratebp_jax.contract)
 
     @nn.compact
     def __call__(self, x: jax.Array, mode: str) -> jax.Array:
         return self.fn(self, x, mode)
 
 
-def recompute_in_backward(module: nn.Module, fn: Callable, x: jax.Array, mode: str) -> jax.Array:
+def recompute_in_backward(module: nn.Module, fn: Callable, x: jax.Array, mode: str, form: str = "auto") -> jax.Array:
     """fn(module, x, mode) -> y, where fn creates and calls layers of module: its values,
-    gradients and running statistics, keeping only x and the parameters for the backward
-    pass, which recomputes fn's activations ("bptt_remat").
+    gradients and running statistics, keeping only x and the variables of fn's layers for
+    the backward pass, which recomputes fn's activations ("bptt_remat"; ratebp_jax.remat,
+    whose ``form`` this is).
 
-    Not nn.remat (jax.checkpoint): XLA:CPU drops its optimization barriers, and CSE merges
-    the recomputation back into the forward pass, which then stores every activation
-    (vgg11, batch 8, T = 6: 175 MiB, bptt_m 179 MiB). Here the recomputation reads
-    x + 0·Σg, g the gradient of y, which no compiler can move before g exists (81 MiB).
-    A jax.custom_vjp of the block's own variables (named by an abstract init), not
-    nn.custom_vjp: that lifts all of module's variables, and the running statistics that
-    earlier blocks updated would leave it as escaped tracers.
+    The layers stay where fn puts them in module (their paths do not change). The
+    recomputation is a function of the block's own variables (named by an abstract init),
+    not nn.custom_vjp or nn.remat of module: those lift all of module's variables, and the
+    running statistics that earlier blocks updated would leave them as escaped tracers.
     """
     block = _Call(fn)
     own = jax.eval_shape(lambda x: block.init(jax.random.key(0), x, mode), x)  # names of its variables
-    variables = {c: {name: module.variables[c][name] for name in own[c]} for c in own}
-    y, updates = _recompute_in_backward(block.apply, variables, x, mode)
-    for name, stats in updates.get("batch_stats", {}).items():
+    variables = {c: {name: module.variables[c][name] for name in own[c]} for c in ("params", "batch_stats") if c in own}
+
+    def block_fn(params, batch_stats, x):
+        y, state = block.apply({"params": params, "batch_stats": batch_stats}, x, mode, mutable=["batch_stats"])
+        return y, state.get("batch_stats", {})
+
+    y, batch_stats = remat_lib.recompute(block_fn, variables.get("params", {}), variables.get("batch_stats", {}), x,
+                                         form)
+    for name, stats in batch_stats.items():
         module.put_variable("batch_stats", name, stats)
     return y
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
-def _recompute_in_backward(apply: Callable, variables: dict, x: jax.Array, mode: str) -> tuple[jax.Array, dict]:
-    return apply(variables, x, mode, mutable="batch_stats")
-
-
-def _recompute_fwd(apply, variables, x, mode):
-    return _recompute_in_backward(apply, variables, x, mode), (variables["params"], x)
-
-
-def _recompute_bwd(apply, mode, residuals, g):
-    params, x = residuals
-    tied = x + (0 * jnp.sum(g[0])).astype(x.dtype)
-
-    def recompute(params, x):  # with new running statistics, discarded (they change no output)
-        return apply({"params": params}, x, mode, mutable="batch_stats")[0]
-
-    params_grad, x_grad = jax.vjp(recompute, params, tied)[1](g[0])
-    return {"params": params_grad, "batch_stats": None}, x_grad
-
-
-_recompute_in_backward.defvjp(_recompute_fwd, _recompute_bwd)
 
 
 def check_channels(x: jax.Array, in_channels: int) -> None:

@@ -22,12 +22,14 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from ratebp_jax.layers import remat
 from ratebp_jax.models.common import Layers, check_channels, global_avg_pool, kaiming_normal_fan_out, max_pool
 
 STAGE_FEATURES = (64, 128, 256, 512)
 RESNET34_BLOCKS = (3, 4, 6, 3)
 
 
+@remat  # bptt_remat recomputes each block
 class ImageNetBlock(nn.Module):
     """[..., H, W, C_in] -> [..., H/stride, W/stride, features]; SEW or pre-activation."""
 
@@ -83,8 +85,8 @@ class ImageNetResNet(nn.Module):
         for stage, (features, blocks) in enumerate(zip(STAGE_FEATURES, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = L.block(self, ImageNetBlock(features, stride, self.preact, L, name=f"layer{stage + 1}_{block}"),
-                            x, mode)
+                x = ImageNetBlock(features, stride, self.preact, L, remat_form=L.remat_form,
+                                  name=f"layer{stage + 1}_{block}")(x, mode)
         return L.dense(self.num_classes, in_features=x.shape[-1], spiking_input=not self.preact,
                        name="fc")(global_avg_pool(x), mode)
 

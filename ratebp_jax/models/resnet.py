@@ -13,9 +13,11 @@ from typing import Sequence
 import flax.linen as nn
 import jax
 
+from ratebp_jax.layers import remat
 from ratebp_jax.models.common import Layers, check_channels, global_avg_pool
 
 
+@remat  # bptt_remat recomputes each block
 class BasicBlock(nn.Module):
     """[..., H, W, C_in] -> [..., H/stride, W/stride, features] spikes."""
 
@@ -62,7 +64,7 @@ class ResNet(nn.Module):
         for stage, (features, blocks) in enumerate(zip(self.stage_features, self.stage_blocks)):
             for block in range(blocks):
                 stride = 2 if stage > 0 and block == 0 else 1
-                x = L.block(self, BasicBlock(features, stride, L, name=f"layer{stage + 1}_{block}"), x, mode)
+                x = BasicBlock(features, stride, L, remat_form=L.remat_form, name=f"layer{stage + 1}_{block}")(x, mode)
         x = global_avg_pool(x)
         if self.hidden_features:
             x = L.dense(self.hidden_features, in_features=x.shape[-1], name="fc1")(x, mode)
