@@ -13,9 +13,11 @@ same arguments; Orbax writes one directory (the arrays are replicated: the
 primary process writes them) and every process reads it. Which step to restore
 is process 0's decision: it reads the saves newest first, stops at the first it
 can read, and sends that step to the others (``multihost_utils``), which read
-the same step. If one of them cannot, every process raises CheckpointError
-(one line), so that none waits for the others forever. With one process the
-same happens without the messages.
+the same step. If one of them cannot (after its retry), every process raises
+CheckpointError (one line), so that none waits for the others forever: the step
+was readable in process 0, so the processes see different files, which no
+fallback to an older step would mend. With one process the same happens
+without the broadcast.
 
 Unreadable: a read that fails (ValueError or OSError: TensorStore's, JSON's and
 the file system's errors) is retried once; if the retry fails too, the
@@ -55,7 +57,7 @@ NO_SAVES, NONE_READABLE = -1, -2  # process 0's decision when it names no step
 
 
 class CheckpointError(RuntimeError):
-    """A run has checkpoints, but none of them can be read (in every process)."""
+    """A run has checkpoints, but none can be read, or a process cannot read the one process 0 restores."""
 
 
 def _manager(directory: str, keep: int) -> ocp.CheckpointManager:
