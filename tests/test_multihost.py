@@ -15,6 +15,7 @@ and the network's spikes then flip (a deep SNN is chaotic). In float64 they agre
 import glob
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,6 +25,8 @@ import time
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+
+from test_checkpoint import contents, save, truncate_largest_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS_PER_EPOCH, TOTAL_STEPS = 1437 // 32, 2 * (1437 // 32)
@@ -41,10 +44,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(processes: int, argv: list[str], log: str) -> list[subprocess.Popen]:
+def start(processes: int, argv: list[str], log: str, env: dict | None = None) -> list[subprocess.Popen]:
     """``processes`` copies of ``python argv`` (2 CPU devices each if several, else 4), as the README
-    starts them; process i writes log.i.out / log.i.err."""
+    starts them, with ``env`` added to their environment; process i writes log.i.out / log.i.err."""
     base = {k: v for k, v in os.environ.items() if k not in DISTRIBUTED_ENV}  # keeps the compilation cache
+    base.update(env or {})
     base.update(JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="2", JAX_ENABLE_X64="1",
                 XLA_FLAGS=f"--xla_force_host_platform_device_count={4 // processes}")
     if processes > 1:
@@ -60,10 +64,10 @@ def finish(procs, timeout: float = 300) -> list[int]:
     return [p.wait(timeout) for p in procs]
 
 
-def train(workdir, processes: int, *extra: str) -> list[int]:
+def train(workdir, processes: int, *extra: str, env: dict | None = None) -> list[int]:
     """Trains to the end (or to a failure); the exit codes of the processes."""
     return finish(start(processes, ["-m", "experiments.train", "--workdir", str(workdir), *TRAIN_ARGS, *extra],
-                        str(workdir)))
+                        str(workdir), env))
 
 
 def outputs(workdir, stream: str) -> list[str]:
@@ -99,14 +103,6 @@ def assert_same_training(workdir, reference, tolerance: float = 1e-6) -> None:
     assert ours["step"] == theirs["step"] == TOTAL_STEPS
     for tree in ("params", "batch_stats"):
         assert relative_error(ours[tree], theirs[tree]) <= tolerance, tree
-
-
-def truncate_largest_file(checkpoint_dir) -> str:
-    files = [f for f in glob.glob(os.path.join(checkpoint_dir, "state", "**"), recursive=True) if os.path.isfile(f)]
-    largest = max(files, key=os.path.getsize)
-    with open(largest, "r+b") as f:
-        f.truncate(os.path.getsize(largest) // 2)
-    return largest
 
 
 @pytest.fixture(scope="module")
@@ -176,13 +172,16 @@ def test_one_process_sigterm_then_corrupt_checkpoints(runs, tmp_path):
     assert train(workdir, 1) == [0]
     assert_same_training(workdir, runs / "one", tolerance=0.0)
 
-    # The newest checkpoint truncated: one warning, resumed from the one before, same end.
+    # The newest checkpoint truncated: one warning, moved aside, resumed from the one before, same end.
     latest = workdir / "checkpoints" / "latest"
     assert sorted(int(s) for s in os.listdir(latest) if s.isdigit()) == [STEPS_PER_EPOCH, TOTAL_STEPS]
     truncate_largest_file(latest / str(TOTAL_STEPS))
+    truncated = contents(latest / str(TOTAL_STEPS))
     assert train(workdir, 1) == [0]
     [err], [out] = outputs(workdir, "err"), outputs(workdir, "out")
+    moved = workdir / "checkpoints" / "unreadable" / f"latest_{TOTAL_STEPS}"
     assert err.count("cannot be read") == 1 and f"{latest / str(TOTAL_STEPS)} cannot be read" in err
+    assert f"moved it to {moved}" in err and contents(moved) == truncated
     assert f"resuming from step {STEPS_PER_EPOCH}" in out
     assert_same_training(workdir, runs / "one", tolerance=0.0)
 
@@ -193,6 +192,63 @@ def test_one_process_sigterm_then_corrupt_checkpoints(runs, tmp_path):
     [err] = outputs(workdir, "err")
     assert "Traceback" not in err
     assert err.strip().splitlines()[-1].startswith(f"error: no checkpoint in {latest} can be read")
+    assert os.listdir(workdir / "checkpoints" / "unreadable") == [f"latest_{TOTAL_STEPS}"]  # nothing more moved
+
+
+CHECKPOINT_WORKER = """
+import os, sys
+from ratebp_jax import checkpoint, multihost
+multihost.initialize()
+sys.path.insert(0, "tests")
+from test_checkpoint import restore
+for case in sys.argv[1:-1]:  # NAME=DIRECTORY=HOOK (then start()'s --distributed): restore_latest with TEST_FAIL_READ=HOOK
+    name, directory, os.environ[checkpoint.TEST_FAIL_READ] = case.split("=")
+    try:
+        print(name, "restored", restore(directory), flush=True)
+    except checkpoint.CheckpointError as error:
+        print(name, "error:", error, flush=True)
+"""
+
+
+def test_two_processes_restore_the_step_process_zero_chooses(tmp_path):
+    # Read failures injected in one process (checkpoint.TEST_FAIL_READ: once = transient, always =
+    # unreadable there), and a truncated checkpoint; two saves kept in each directory (steps 2 and 3).
+    clean, truncated = tmp_path / "clean", tmp_path / "truncated"
+    for directory in (clean, truncated):
+        save(directory, [1, 2, 3])
+    truncate_largest_file(truncated / "latest" / "3")
+    before = {directory: contents(directory / "latest" / "3") for directory in (clean, truncated)}
+    cases = [f"transient={clean}=1:3:once",  # process 1 fails once, then passes on retry
+             f"follower={clean}=1:3:always",  # process 1 cannot read what process 0 restores
+             f"leader={clean}=0:3:always,1:2:once",  # process 0 cannot read 3 (which process 1 could)
+             f"truncated={truncated}="]
+    out = str(tmp_path / "worker")
+    assert finish(start(2, ["-c", CHECKPOINT_WORKER, *cases], out), timeout=120) == [0, 0]  # none hangs
+    line = (f"follower error: checkpoint {clean / 'latest' / '3'} cannot be read in process 1{{}}, though process 0 "
+            "restores it; check that every process sees the same files, then rerun")
+    printed = [[line for line in out.splitlines() if not line.startswith("[Gloo]")] for out in outputs(out, "out")]
+    assert printed == [["transient restored 3", line.format(reason), "leader restored 2", "truncated restored 2"]
+                       for reason in ("", " (read failure injected by RATEBP_JAX_TEST_FAIL_READ)")]
+    (first, second) = outputs(out, "err")
+    assert second.count("passed on retry") == 2 and "passed on retry" not in first  # transient, leader
+    assert first.count("cannot be read") == 2 and "cannot be read" not in second  # leader, truncated
+    for directory in (clean, truncated):  # moved aside by process 0, byte for byte
+        assert os.listdir(directory / "latest") == ["2"]
+        assert contents(directory / "unreadable" / "latest_3") == before[directory]
+
+
+def test_two_processes_stop_together_if_one_cannot_read(runs, tmp_path):
+    # The step process 0 restores cannot be read in process 1: the command exits 2 in both, one line each.
+    workdir = tmp_path / "two"
+    shutil.copytree(runs / "two", workdir)
+    newest = workdir / "checkpoints" / "latest" / str(TOTAL_STEPS)
+    assert train(workdir, 2, env={"RATEBP_JAX_TEST_FAIL_READ": f"1:{TOTAL_STEPS}:always"}) == [2, 2]
+    errors = outputs(workdir, "err")
+    assert [err.strip().splitlines()[-1] for err in errors] == [
+        f"error: checkpoint {newest} cannot be read in process 1{reason}, though process 0 restores it; "
+        "check that every process sees the same files, then rerun"
+        for reason in ("", " (read failure injected by RATEBP_JAX_TEST_FAIL_READ)")]
+    assert not any("Traceback" in err for err in errors) and not os.path.exists(workdir / "checkpoints" / "unreadable")
 
 
 DATA_WORKER = """
