@@ -219,23 +219,24 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """
     start = check_run(config, workdir)
     with runs.hold(workdir):
-        runs.record_start(config, workdir, start)
-        if start == "unrecorded":
-            say(f"{workdir} has checkpoints but no record of its config (made before runs were recorded): "
-                f"resuming with the given config, now recorded in {runs.CONFIG_FILE}")
-        elif start == "restart":
-            say(f"{workdir} has a recorded config but no checkpoint yet: starting afresh with the given config")
-        return _train(config, workdir)
+        return _train(config, workdir, start)
 
 
-def _train(config, workdir: str) -> dict:
-    start = time.monotonic()
+def _train(config, workdir: str, start: str) -> dict:
+    """The run itself; start: what check_run said it is (recorded once the data are loaded)."""
+    clock = time.monotonic()
     process_batch = config.batch_size // jax.process_count()
     split_args = dict(seed=config.seed, data_dir=config.data_dir or None)
     train_split = data.make_split(config.dataset, train=True, batch_size=process_batch, augment=config.augment,
                                   **split_args)
     eval_split = data.make_split(config.dataset, train=False, batch_size=config.eval_batch_size // jax.process_count(),
                                  **split_args)
+    runs.record_start(config, workdir, start)
+    if start == "unrecorded":
+        say(f"{workdir} has checkpoints but no record of its config (made before runs were recorded): "
+            f"resuming with the given config, now recorded in {runs.CONFIG_FILE}")
+    elif start == "restart":
+        say(f"{workdir} has a recorded config but no checkpoint yet: starting afresh with the given config")
     steps_per_epoch = train_split.steps_per_epoch
     total_steps = config.num_epochs * steps_per_epoch
     if config.max_steps:
@@ -280,7 +281,7 @@ def _train(config, workdir: str) -> dict:
             if pending is not None:
                 log.step_done(*pending)
             progress = {**progress, "epochs_done": step // steps_per_epoch, "steps_done": step,
-                        "train_time_s": previous_time + time.monotonic() - start}
+                        "train_time_s": previous_time + time.monotonic() - clock}
             if preempted and step < total_steps:
                 checkpoints.save(jax.device_get(unreplicate(state)), progress, is_best=False)
                 checkpoints.close()
