@@ -61,6 +61,7 @@ def test_registered_as_a_sequence_dataset():
     assert data.SEQUENCE_LENGTHS["cifar10_dvs"] == dvs.NUM_FRAMES == dvs.DATASET.input_shape[0] == 10
 
 
+@pytest.mark.slow  # prepares the fake DVS archives (the module's fixture)
 def test_preparing_again_keeps_the_dataset(prepared):
     data_dir, manual_dir, _ = prepared
     built = sorted(os.listdir(os.path.join(data_dir, "cifar10_dvs", "tebn", "1.0.0")))

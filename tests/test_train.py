@@ -26,7 +26,8 @@ def tiny_digits_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("method", ["rate_m", "bptt_m", "sltt", "ottt", "bptt_remat"])
+@pytest.mark.parametrize("method", ["rate_m", "bptt_m", pytest.param("sltt", marks=pytest.mark.slow),
+                                    pytest.param("ottt", marks=pytest.mark.slow), "bptt_remat"])
 def test_pmapped_step_equals_single_device_step(method):
     """4 devices × 2 examples == 1 device × 8 examples (float64, rel. error ≤ 1e-10)."""
     config = tiny_digits_config(method=method, dtype="float64")
