@@ -17,7 +17,7 @@ import pytest
 
 import own_model  # noqa: F401  (registers own_cnn and own_mlp)
 import ratebp_jax as rbp
-from ratebp_jax import configuration, contract, layers, methods, models, remat, train
+from ratebp_jax import configuration, contract, data, layers, methods, models, remat, train
 from ratebp_jax.checkpoint import Checkpoints
 from test_methods import random_variables, relative_error, step
 from test_online_methods import compiled_temp_bytes, sltt_k_step
@@ -235,6 +235,21 @@ def test_config_names_the_model_module():
     config.model, config.model_module = "own_rnn", ""
     with pytest.raises(configuration.ConfigError, match="set config.model_module"):
         configuration.validate(config, ("digits",), device_count=1)
+
+
+def test_the_readme_model_is_a_config_away():
+    """examples/small_snn.py (the README's model) through configs/digits_small_snn.py: it validates on
+    the digits, its kwargs reach the builder, and its residual block is the one bptt_remat recomputes."""
+    from configs import digits_small_snn
+
+    config = digits_small_snn.get_config()
+    config.model_kwargs.width = 6
+    configuration.validate(config, data.DATASETS, device_count=4, input_shapes=data.INPUT_SHAPES)
+    model = train.create_model(config, 10, 1, axis_name=None)
+    variables = jax.eval_shape(lambda: models.init(model, jax.random.key(0), jnp.zeros((1, 8, 8, 1)), timesteps=1))
+    assert variables["params"]["Conv_0"]["kernel"].shape == (3, 3, 1, 6)
+    assert variables["params"]["Residual_0"]["Conv_1"]["kernel"].shape == (3, 3, 6, 6)
+    contract.check_model(model, variables, jnp.zeros((2, 8, 8, 1)), "bptt_remat", 2)  # it marks a block
 
 
 CONFIG = """
