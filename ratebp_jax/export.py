@@ -12,7 +12,7 @@ primitive:
     Conv (+ BatchNorm)          nir.Conv2d, BatchNorm with running statistics folded in:
                                 W' = W·γ/√(σ²+ε), b' = (b − μ)·γ/√(σ²+ε) + β per output channel
     Dense (+ BatchNorm)         nir.Affine (on a feature map: a 1×1 nir.Conv2d)
-    BatchNorm alone             a depthwise 1×1 nir.Conv2d (on a feature map) or a diagonal nir.Affine
+    BatchNorm alone             a 1×1 nir.Conv2d (on a feature map) or nir.Affine, diagonal weights
     LIF                         nir.LIF: v_leak = 0, v_threshold = ϑ, τ = dt/(1 − λ), R = τ/dt, so
                                 that the Euler step of τ v̇ = −v + R·I is u = λ·v + x
     x + y                       edges from both into the next node (NIR sums a node's inputs)
@@ -111,7 +111,7 @@ def _is_map(value: _Value) -> bool:
 
 
 def _path(module: nn.Module) -> str:
-    return "/".join(module.path) or type(module).__name__
+    return ".".join(module.path) or type(module).__name__
 
 
 def _numpy(tree) -> dict:
@@ -259,9 +259,11 @@ class _Builder:
             node.metadata = {"batchnorm": name}
             return value
         dtype = params["scale"].dtype
-        if _is_map(value):  # depthwise 1×1 conv: y_c = scale_c · x_c + shift_c
-            node = nir.Conv2d(input_shape=tuple(value.shape[1:]), weight=scale.astype(dtype)[:, None, None, None],
-                              stride=1, padding=0, dilation=1, groups=value.shape[0], bias=shift.astype(dtype))
+        if _is_map(value):  # a 1×1 conv with a diagonal kernel: y_c = scale_c · x_c + shift_c
+            # (not depthwise, groups = C: NIR 1.0.8 types a conv's input with C_in/groups channels)
+            weight = np.diag(scale).astype(dtype)[:, :, None, None]
+            node = nir.Conv2d(input_shape=tuple(value.shape[1:]), weight=weight, stride=1, padding=0, dilation=1,
+                              groups=1, bias=shift.astype(dtype))
             return self.output_value(self.add(name, node, value.terms), value.order.shape)
         if value.order.ndim == 1:
             weight = np.zeros((value.shape[0],) * 2, dtype)
