@@ -229,3 +229,83 @@ def test_user_model_agrees_with_snntorch():
         assert spikes[name].mean() > 0.01
         assert np.mean(spikes[name] == their_spikes[name]) >= 0.999, name
     np.testing.assert_allclose(theirs, logits, atol=1e-4)
+
+
+def _first_block_and_rates(spikes: dict, theirs: dict, first: tuple[str, ...]):
+    """(agreement of the ``first`` layers' spike trains, {layer: |our rate − theirs|})."""
+    agree = np.mean(np.concatenate([(spikes[n] == theirs[n]).ravel() for n in first]))
+    return agree, {n: abs(float(spikes[n].mean()) - float(theirs[n].mean())) for n in spikes}
+
+
+@pytest.fixture(scope="module")
+def hard_digits_run(tmp_path_factory):
+    """A short hard-reset digits run (the deployment recipe, 4 epochs): its workdir."""
+    from configs import digits_hard
+    from ratebp_jax import train
+
+    config = digits_hard.get_config()
+    config.num_epochs, config.eval_batch_size, config.log_every_steps = 4, 360, 1000
+    workdir = str(tmp_path_factory.mktemp("export") / "digits_hard")
+    train.train_and_evaluate(config, workdir)
+    return workdir
+
+
+@pytest.mark.slow
+def test_snntorch_runs_the_trained_digits_graph_as_we_do(hard_digits_run, tmp_path):
+    """The graph written by experiments.export, read back and run by snnTorch on the 360 test digits."""
+    from ratebp_jax import runs
+
+    _reader()
+    path = str(tmp_path / "digits.nir")
+    command = [sys.executable, "-m", "experiments.export", "--workdir", hard_digits_run, "--out", path]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "exported in" in done.stdout
+    model, variables, split, config = runs.load_trained(hard_digits_run)
+    batches = [b for b in split.epoch(0)]
+    images = np.concatenate([b["image"][b["mask"] > 0] for b in batches]).astype(np.float32)
+    labels = np.concatenate([b["label"][b["mask"] > 0] for b in batches])
+    assert len(images) == 360
+    logits, spikes = ours(model, variables, images, config.timesteps)
+    theirs, their_spikes = simulate(nir.read(path), images, config.timesteps)
+    same = np.mean(logits.argmax(-1) == theirs.argmax(-1))
+    accuracy, their_accuracy = (100 * np.mean(x.argmax(-1) == labels) for x in (logits, theirs))
+    agree, rate_gaps = _first_block_and_rates(spikes, their_spikes, ("spike0",))
+    print(f"digits (hard reset, T = {config.timesteps}): same prediction {100 * same:.2f}%, accuracy ours "
+          f"{accuracy:.2f}% snnTorch {their_accuracy:.2f}%, first LIF spikes equal {100 * agree:.3f}%, "
+          f"largest rate gap {max(rate_gaps.values()):.4f}")
+    assert accuracy > 90
+    assert same >= 0.995
+    assert abs(accuracy - their_accuracy) <= 0.3
+    assert agree >= 0.999
+
+
+@pytest.mark.slow
+def test_snntorch_runs_resnet18_as_we_do():
+    """Residual edges, strided convs and shortcut convs: resnet18 on random 32×32 images, running
+    statistics moved away from (0, 1) by training-mode batches first."""
+    _reader()
+    model = models.create("resnet18", num_classes=10, reset="hard")
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 3), jnp.float32)
+    variables = models.init(model, jax.random.key(1), x, timesteps=2)
+    # γ = 3: deep layers that fire (at γ = 1 and random weights most of them stay silent)
+    variables["params"] = jax.tree_util.tree_map_with_path(
+        lambda path, v: v * 3 if path[-1].key == "scale" else v, variables["params"])
+    for i in range(2):  # single-step training mode: BatchNorm on the batch's statistics, running ones updated
+        batch = jax.random.normal(jax.random.key(2 + i), (4, 32, 32, 3), jnp.float32) * 1.5 + 0.3
+        _, updates = model.apply(variables, batch, mode="bptt_step", mutable=["batch_stats", "membrane"])
+        variables = {"params": variables["params"], "batch_stats": updates["batch_stats"]}
+    stats = variables["batch_stats"]["bn0"]
+    assert float(jnp.abs(stats["mean"]).max()) > 0.05 and float(jnp.abs(stats["var"] - 1).max()) > 0.05
+    graph = export.to_nir(model, variables, input_shape=(32, 32, 3), timesteps=2)
+    images = np.asarray(jax.random.normal(jax.random.key(9), (3, 32, 32, 3), jnp.float32) * 1.5 + 0.3)
+    logits, spikes = ours(model, variables, images, 2)
+    theirs, their_spikes = simulate(graph, images, 2)
+    first = ("spike0", "layer1_0_spike1", "layer1_0_spike2")
+    agree, rate_gaps = _first_block_and_rates(spikes, their_spikes, first)
+    print(f"resnet18 (hard reset, T = 2): first block's spikes equal {100 * agree:.3f}%, largest rate gap "
+          f"{max(rate_gaps.values()):.4f}; rates {[round(float(s.mean()), 3) for s in spikes.values()]}")
+    assert len(rate_gaps) == 17 and set(their_spikes) == set(spikes)
+    assert agree >= 0.999
+    assert max(rate_gaps.values()) <= 0.02
+    assert float(spikes["layer4_0_spike2"].mean()) > 0  # the last stage fires too
