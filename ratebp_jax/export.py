@@ -19,6 +19,8 @@ primitive:
     reduce_window_sum / k·k     nir.AvgPool2d (without the division: nir.SumPool2d)
     mean over H, W              nir.AvgPool2d over the whole map, then nir.Flatten to [C]
     reshape to [..., N]         nir.Flatten; the next Dense's input order is permuted
+    other linear operations     (slices, stacks, ... e.g. PyTorch's adaptive pooling) an average pool if
+                                they compute one (probed), else folded into the Dense that reads them
 
 NIR's tensors are channels first without a batch axis ([C, H, W]); ours are
 [..., H, W, C]. Every value carries the position of each of its elements in
@@ -98,6 +100,32 @@ class _Pool:
     flatten: bool                # a global mean: [H, W, C] -> [C]
     after: str                   # name for errors: the node(s) it pools
     scale: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class _Linear:
+    """Other operations between layers, kept as a function of one _Value until a node reads them:
+    fn maps the source in our layout, [*_LEAD, *source per-sample shape], to this tensor. Read by
+    a Dense they fold into its nir.Affine (e.g. an adaptive pool before a classifier); read by
+    anything else they must equal an average pool (found by probing fn)."""
+
+    source: _Value
+    fn: Any
+    ops: tuple[str, ...]
+    out_shape: tuple[int, ...]   # ours, per sample
+
+    def offset_and_matrix(self, kernel: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(fn(0)·K [out], the matrix of s -> fn(s)·K on NIR's flattened source [out, M])."""
+        order = self.source.order
+        size = int(np.prod(self.source.shape))
+        dtype = jnp.result_type(kernel.dtype, jnp.float32)
+
+        def h(s):  # NIR's flat source -> our Dense input [N] -> times kernel
+            x = jnp.broadcast_to(s[order], _LEAD + order.shape)
+            return self.fn(x)[(0,) * len(_LEAD)].reshape(-1) @ jnp.asarray(kernel, dtype)
+
+        zero = jnp.zeros(size, dtype)
+        return np.asarray(h(zero)), np.asarray(jax.jacrev(h)(zero))
 
 
 def _map_order(h: int, w: int, c: int) -> np.ndarray:
@@ -211,12 +239,24 @@ class _Builder:
     # -- layers -------------------------------------------------------------------------------
     def layer(self, call: _Call, value: _Value, out_shape: tuple[int, ...], invar, outvar) -> _Value:
         module, name, v = call
+        if not isinstance(module, nn.Dense):
+            value = self.materialise(value)
         if isinstance(module, layers.LIF):
             return self.lif(module, name, value)
         if isinstance(module, layers.BatchNorm):
             return self.batchnorm(module, name, v, value, invar)
         kernel = v["params"]["kernel"]
         bias = v["params"].get("bias", np.zeros(kernel.shape[-1], kernel.dtype))
+        if isinstance(value, _Linear) and not isinstance(module, nn.Conv) and len(value.out_shape) == 1:
+            offset, weight = value.offset_and_matrix(kernel)  # the operations folded into the affine
+            source = self.flat(value.source)
+            node = nir.Affine(weight=weight.astype(kernel.dtype), bias=(bias + offset).astype(kernel.dtype),
+                              metadata={"folded": " ".join(value.ops)})
+            node_name = self.add(name, node, source.terms)
+            if self.uses.get(outvar, 0) == 1:
+                self.foldable[outvar] = node_name
+            return self.output_value(node_name, out_shape)
+        value = self.materialise(value)
         if isinstance(module, nn.Conv):
             if not _is_map(value):
                 raise ExportError(f"layer {name}: a conv needs a feature map, got NIR shape {value.shape}")
@@ -237,6 +277,14 @@ class _Builder:
         if self.uses.get(outvar, 0) == 1:
             self.foldable[outvar] = node_name
         return self.output_value(node_name, out_shape)
+
+    def flat(self, value: _Value) -> _Value:
+        """value as NIR's flat vector (a nir.Flatten node if it is not one already)."""
+        if len(value.shape) == 1:
+            return value
+        name = self.add("flatten", nir.Flatten(input_type={"input": np.array(value.shape)}, start_dim=0),
+                        value.terms)
+        return _Value((name,), (int(np.prod(value.shape)),), value.order.reshape(-1))
 
     def output_value(self, node_name: str, out_shape: tuple[int, ...]) -> _Value:
         if len(out_shape) == 3:
@@ -295,6 +343,8 @@ class _Builder:
     def materialise(self, x) -> _Value:
         if isinstance(x, _Value):
             return x
+        if isinstance(x, _Linear):
+            return self.materialise(_as_pool(x))
         if not isinstance(x, _Pool):
             raise ExportError(f"a constant {np.shape(x)} enters the network between layers; NIR has no node for it")
         area = x.window[0] * x.window[1]
@@ -317,14 +367,76 @@ class _Builder:
         return _Value((flat,), (c,), np.arange(c))
 
 
+_TENSORS = (_Value, _Pool, _Linear)
+# primitives that are linear in their tensor input(s) (mul/dot_general: with a constant)
+_LINEAR = ("slice", "reduce_sum", "div", "mul", "neg", "sub", "add", "add_any", "broadcast_in_dim", "reshape",
+           "concatenate", "stack", "transpose", "squeeze", "expand_dims", "pad", "dot_general", "rev",
+           "reduce_window_sum", "dynamic_slice", "gather", "select_n") + _PASS_THROUGH
+
+
+def _compose(primitive, params: dict, ins: list, out_shape: tuple[int, ...], builder) -> _Linear:
+    """The primitive applied after the linear region(s) among ins (one source), as a _Linear."""
+    regions = []
+    for v in ins:
+        if isinstance(v, _Pool):
+            v = builder.materialise(v)
+        if isinstance(v, _Value):
+            v = _Linear(v, lambda x: x, (), tuple(v.order.shape))
+        regions.append(v)
+    linear = [v for v in regions if isinstance(v, _Linear)]
+    source = linear[0].source
+    if any(v.source.terms != source.terms or v.source.shape != source.shape for v in linear):
+        raise ExportError(f"the operation {primitive.name} mixes the outputs of {_names(linear[0])} and of "
+                          f"{_names(linear[-1])}; NIR has no node for it")
+    def fn(x, regions=tuple(regions)):
+        return primitive.bind(*[r.fn(x) if isinstance(r, _Linear) else r for r in regions], **params)
+
+    prim = primitive.name
+    ops = sum((v.ops for v in linear), ()) + (prim,)
+    return _Linear(source, fn, ops, out_shape)
+
+
+def _as_pool(x: _Linear) -> _Pool:
+    """The average (or global average) pool that x computes, found by probing, or ExportError."""
+    source = x.source
+    if not _is_map(source):
+        raise ExportError(f"the operations {' '.join(x.ops)} after {_names(x)} have no NIR node")
+    h, w, c = source.order.shape
+    probe = np.random.default_rng(0).normal(size=_LEAD + (h, w, c))
+    expected = np.asarray(x.fn(jnp.asarray(probe, jnp.float32)), np.float64)
+
+    def pooled(window, stride):
+        out = jax.lax.reduce_window(jnp.asarray(probe, jnp.float32), 0.0, jax.lax.add,
+                                    (1,) * len(_LEAD) + window + (1,), (1,) * len(_LEAD) + stride + (1,), "VALID")
+        return np.asarray(out, np.float64) / (window[0] * window[1])
+
+    if x.out_shape == (c,):
+        candidates = [((h, w), (h, w), True)]
+    elif len(x.out_shape) == 3 and x.out_shape[2] == c:
+        (oh, ow), candidates = x.out_shape[:2], []
+        for sh in range(1, h + 1):
+            for sw in range(1, w + 1):
+                kh, kw = h - (oh - 1) * sh, w - (ow - 1) * sw
+                if kh >= 1 and kw >= 1:
+                    candidates.append(((kh, kw), (sh, sw), False))
+    else:
+        candidates = []
+    for window, stride, flatten in candidates:
+        y = pooled(window, stride).reshape(expected.shape)
+        if np.allclose(y, expected, rtol=1e-5, atol=1e-6):
+            return _Pool(source, window, stride, (0, 0), x.out_shape, flatten, _names(x), 1 / (window[0] * window[1]))
+    raise ExportError(f"the operations {' '.join(x.ops)} after {_names(x)} are not an average pool, and only "
+                      f"a Dense can absorb them; NIR has no node for them")
+
+
 def _scalar(x) -> float | None:
-    if isinstance(x, (_Value, _Pool)) or np.size(x) != 1:
+    if isinstance(x, _TENSORS) or np.size(x) != 1:
         return None
     return float(np.asarray(x).reshape(()))
 
 
 def _names(value) -> str:
-    value = value.value if isinstance(value, _Pool) else value
+    value = value.value if isinstance(value, _Pool) else value.source if isinstance(value, _Linear) else value
     return ", ".join(value.terms) if isinstance(value, _Value) else "a constant"
 
 
@@ -346,10 +458,11 @@ def _interpret(closed: Any, args: list, builder: _Builder) -> list:
         sub = [p for p in params.values() if isinstance(p, (jex.ClosedJaxpr, jex.Jaxpr))]
         if prim == "ratebp_layer":
             call = builder.calls[params["index"]]
-            if not isinstance(ins[0], (_Value, _Pool)):
+            if not isinstance(ins[0], _TENSORS):
                 raise ExportError(f"layer {call.name} reads a constant, not the network's input")
-            out = builder.layer(call, builder.materialise(ins[0]), out_shape, eqn.invars[0], eqn.outvars[0])
-        elif all(not isinstance(x, (_Value, _Pool)) for x in ins):  # constants only (e.g. a shape computation)
+            x = ins[0] if isinstance(ins[0], _Linear) else builder.materialise(ins[0])
+            out = builder.layer(call, x, out_shape, eqn.invars[0], eqn.outvars[0])
+        elif all(not isinstance(x, _TENSORS) for x in ins):  # constants only (e.g. a shape computation)
             out = eqn.primitive.bind(*ins, **params)
             out = [np.asarray(o) for o in out] if eqn.primitive.multiple_results else np.asarray(out)
         elif len(sub) == 1 and prim not in ("scan", "while", "cond"):  # jit, custom_jvp_call, ...: inline it
@@ -358,7 +471,7 @@ def _interpret(closed: Any, args: list, builder: _Builder) -> list:
                 env[var] = val
             continue
         else:
-            out = _functional(prim, params, ins, out_shape, builder)
+            out = _functional(eqn.primitive, params, ins, out_shape, builder)
         if eqn.primitive.multiple_results:
             for var, val in zip(eqn.outvars, out):
                 env[var] = val
@@ -367,13 +480,31 @@ def _interpret(closed: Any, args: list, builder: _Builder) -> list:
     return [read(v) for v in jaxpr.outvars]
 
 
-def _functional(prim: str, params: dict, ins: list, out_shape: tuple[int, ...], builder: _Builder):
-    """One primitive between layers on a _Value/_Pool (SPEC §7's mapping), or ExportError."""
-    x = next(v for v in ins if isinstance(v, (_Value, _Pool)))
+def _functional(primitive, params: dict, ins: list, out_shape: tuple[int, ...], builder: _Builder):
+    """One primitive between layers on a _Value/_Pool/_Linear (SPEC §7's mapping), or ExportError."""
+    prim = primitive.name
+    x = next(v for v in ins if isinstance(v, _TENSORS))
     lead = len(_LEAD)
     if prim in _PASS_THROUGH:
         return x
-    if prim in ("add", "add_any") and all(isinstance(v, (_Value, _Pool)) for v in ins):
+    if prim == "div" and isinstance(ins[1], _TENSORS):
+        raise ExportError(f"a division by the output of {_names(ins[1])} has no NIR node")
+    if prim in ("add", "add_any", "sub") and any(isinstance(v, _Linear) for v in ins) and all(
+            isinstance(v, _TENSORS) for v in ins) and len({_names(v) for v in ins}) > 1:
+        ins = [builder.materialise(v) for v in ins]  # regions of two sources: pools, then edges
+        if prim == "sub":
+            raise ExportError(f"the difference of {_names(ins[0])} and {_names(ins[1])} has no NIR node")
+    if prim == "reshape" and isinstance(x, _Linear) and len(params["new_sizes"]) == lead + 1:
+        try:  # a pool before a flatten: keep it a pool node
+            return _functional(primitive, params, [builder.materialise(x)], out_shape, builder)
+        except ExportError:
+            pass
+    if any(isinstance(v, _Linear) for v in ins):
+        if prim in _LINEAR:
+            return _compose(primitive, params, ins, out_shape, builder)
+        x = next(v for v in ins if isinstance(v, _Linear))
+        raise ExportError(f"the operation {prim} after {_names(x)} has no NIR node")
+    if prim in ("add", "add_any") and all(isinstance(v, _TENSORS) for v in ins):
         a, b = (builder.materialise(v) for v in ins)
         if a.shape != b.shape or not np.array_equal(a.order, b.order):
             raise ExportError(f"the sum of {_names(a)} and {_names(b)} mixes layouts {a.shape} and {b.shape}")
@@ -408,6 +539,8 @@ def _functional(prim: str, params: dict, ins: list, out_shape: tuple[int, ...], 
             flat = builder.add("flatten", nir.Flatten(input_type={"input": np.array(value.shape)}, start_dim=0),
                                value.terms)
             return _Value((flat,), (int(np.prod(value.shape)),), order)
+    if prim in _LINEAR and not (prim in ("mul", "dot_general") and sum(isinstance(v, _TENSORS) for v in ins) > 1):
+        return _compose(primitive, params, ins, out_shape, builder)
     what = {"reduce_window_max": "max-pooling", "reduce_max": "max-pooling"}.get(prim, prim)
     raise ExportError(f"{what} ({prim}) after {_names(x)} has no NIR node (NIR 1.0 pools with AvgPool2d and "
                       f"SumPool2d only)" if what == "max-pooling" else

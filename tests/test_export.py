@@ -23,6 +23,7 @@ import pytest
 nir = pytest.importorskip("nir")
 
 from ratebp_jax import export, layers, models  # noqa: E402
+from ratebp_jax.models import common  # noqa: E402
 from ratebp_jax.neuron import LIFParams  # noqa: E402
 
 HARD = LIFParams(reset="hard")
@@ -134,6 +135,38 @@ def _small(key=0, dtype=jnp.float32, **kwargs):
     for _ in range(3):
         variables = {"params": variables["params"], "batch_stats": step(variables)["batch_stats"]}
     return model, variables
+
+
+class AdaptiveNet(nn.Module):
+    """conv-BN-LIF, PyTorch's AdaptiveAvgPool2d((3, 3)) (as vggsnn_cifar), flatten, dense-LIF, classifier."""
+
+    @nn.compact
+    def __call__(self, x, *, mode):
+        y = layers.Conv(4, (3, 3), padding=((1, 1), (1, 1)), name="conv")(x, mode)
+        y = layers.LIF(HARD, name="lif0")(layers.BatchNorm(name="bn")(y, mode), mode)
+        y = common.flatten(common.adaptive_avg_pool(y, 3))
+        y = layers.LIF(HARD, name="lif1")(layers.Dense(8, kernel_init=nn.initializers.normal(1.0), name="dense")(
+            y, mode), mode)
+        return layers.Dense(3, name="classifier")(y, mode)
+
+
+@pytest.mark.parametrize("side, pool", [(4, "AvgPool2d"), (5, None)])
+def test_adaptive_pooling_is_a_pool_or_folds_into_the_classifier(side, pool):
+    """On 4×4 the 3×3 adaptive pool is AvgPool2d(2, stride 1); on 5×5 its windows differ in size, and
+    the pool (a fixed linear map) folds into the next Dense's nir.Affine. snnTorch agrees with us."""
+    model = AdaptiveNet()
+    images = np.asarray(jax.random.normal(jax.random.key(3), (8, side, side, 2), jnp.float32) + 0.5)
+    variables = model.init(jax.random.key(4), images[None], mode="eval")
+    graph = export.to_nir(model, variables, input_shape=(side, side, 2), timesteps=2)
+    pools = [type(n).__name__ for n in graph.nodes.values() if isinstance(n, (nir.AvgPool2d, nir.SumPool2d))]
+    assert pools == ([pool] if pool else [])
+    assert graph.nodes["dense"].weight.shape == (8, 4 * 9 if pool else 4 * side * side)
+    logits, spikes = ours(model, variables, images, 2)
+    theirs, their_spikes = simulate(graph, images, 2)
+    assert spikes["lif1"].mean() > 0.01
+    for name in ("lif0", "lif1"):
+        assert np.mean(spikes[name] == their_spikes[name]) >= 0.999, name
+    np.testing.assert_allclose(theirs, logits, atol=1e-4)
 
 
 def test_nir_write_read_round_trip_of_the_digits_model(tmp_path):
