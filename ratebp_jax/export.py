@@ -324,13 +324,11 @@ class _Builder:
 
     def lif(self, module: layers.LIF, name: str, value: _Value) -> _Value:
         neuron = module.neuron
-        if self.reset is None and neuron.reset != "hard":
+        if self.reset != "soft" and neuron.reset != "hard":
             raise ExportError(
                 f"layer {name}: {neuron.reset} reset (v - threshold after a spike) is not NIR's LIF, which resets "
                 f"to v_reset; train with --config.neuron.reset=hard to export exactly, or pass reset='soft' to "
                 f"record the subtractive reset in the nodes' metadata (which NIR readers ignore)")
-        if self.reset is not None and neuron.reset != self.reset:
-            raise ExportError(f"layer {name}: reset={self.reset!r} was asked for, the layer resets {neuron.reset!r}")
         self.resets.add(neuron.reset)
         full = lambda x: np.full(value.shape, x, np.float64)
         tau = self.dt / (1 - neuron.decay)
@@ -573,9 +571,10 @@ def to_nir(model: nn.Module, variables: dict, *, input_shape: Sequence[int], tim
         normalised; the graph's Input node is [C, H, W] (or [N]).
       timesteps: T, recorded in the metadata: the image is presented at each
         of T steps and the prediction is the mean over them of the output.
-      reset: None: every LIF must reset hard (NIR's LIF); "soft": export a
-        soft-reset model, its reset recorded in each LIF node's metadata
-        ("reset": "subtract") and the graph's.
+      reset: None (or "hard"): every LIF must reset hard, as NIR's LIF does;
+        "soft": soft-reset LIF layers export too, their subtractive reset
+        recorded in the node's metadata ("reset": "subtract"; hard ones say
+        "zero") and in the graph's.
       dt: the time step in seconds; τ = dt/(1 − λ), R = τ/dt (unit input gain).
     Returns:
       nir.NIRGraph with nodes named after the layers' module paths, an "input"

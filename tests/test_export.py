@@ -272,12 +272,12 @@ def _first_block_and_rates(spikes: dict, theirs: dict, first: tuple[str, ...]):
 
 @pytest.fixture(scope="module")
 def hard_digits_run(tmp_path_factory):
-    """A short hard-reset digits run (the deployment recipe, 4 epochs): its workdir."""
+    """A short hard-reset digits run (the deployment recipe, 3 epochs): its workdir."""
     from configs import digits_hard
     from ratebp_jax import train
 
     config = digits_hard.get_config()
-    config.num_epochs, config.eval_batch_size, config.log_every_steps = 4, 360, 1000
+    config.num_epochs, config.eval_batch_size, config.log_every_steps = 3, 360, 1000
     workdir = str(tmp_path_factory.mktemp("export") / "digits_hard")
     train.train_and_evaluate(config, workdir)
     return workdir
@@ -331,7 +331,7 @@ def test_snntorch_runs_resnet18_as_we_do():
     stats = variables["batch_stats"]["bn0"]
     assert float(jnp.abs(stats["mean"]).max()) > 0.05 and float(jnp.abs(stats["var"] - 1).max()) > 0.05
     graph = export.to_nir(model, variables, input_shape=(32, 32, 3), timesteps=2)
-    images = np.asarray(jax.random.normal(jax.random.key(9), (3, 32, 32, 3), jnp.float32) * 1.5 + 0.3)
+    images = np.asarray(jax.random.normal(jax.random.key(9), (2, 32, 32, 3), jnp.float32) * 1.5 + 0.3)
     logits, spikes = ours(model, variables, images, 2)
     theirs, their_spikes = simulate(graph, images, 2)
     first = ("spike0", "layer1_0_spike1", "layer1_0_spike2")
