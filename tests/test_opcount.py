@@ -158,3 +158,30 @@ def test_energy_is_counts_times_constants_and_each_constant_its_own_term(tiny):
         assert ac["ann_energy_pj"] == row["ann_energy_pj"]
         assert mac["energy_pj"] - row["energy_pj"] == pytest.approx(row["macs"] * 5.4, rel=1e-9, abs=1e-9)
         assert mac["ann_energy_pj"] - row["ann_energy_pj"] == pytest.approx(row["ann_macs"] * 5.4, rel=1e-9)
+
+
+def test_usual_macs_count_the_padded_border_as_published_counters_do():
+    """resnet18 at 32×32: 555,422,720 MACs (thop/ptflops/syops and SNN papers), the stem 32²·64·27;
+    the literature's per-layer SNN estimate is input rate × those MACs × T."""
+    model = models.create("resnet18", num_classes=10)
+    x = jax.ShapeDtypeStruct((1, 1, 32, 32, 3), jnp.float32)
+    layers_seen = {}
+
+    def record(next_fun, args, kwargs, context):  # each conv/dense once (our Conv calls nn.Conv's __call__)
+        module = context.module
+        if context.method_name == "__call__" and isinstance(module, opcount.KINDS) and not module.is_initializing():
+            layers_seen.setdefault(module.path, (module.clone(parent=None),
+                                                 module.variables["params"]["kernel"].shape, args[0]))
+        return next_fun(*args, **kwargs)
+
+    def forward(variables, x):
+        with nn.intercept_methods(record):
+            return model.apply(variables, x, mode="eval")
+
+    variables = jax.eval_shape(lambda x: model.init(jax.random.key(0), x, mode="eval"), x)
+    jax.eval_shape(forward, variables, x)
+    macs = {path[-1] if len(path) == 1 else "/".join(path): opcount.usual_macs(*layer)
+            for path, layer in layers_seen.items()}
+    assert len(macs) == 21 and sum(macs.values()) == 555_422_720
+    assert macs["conv0"] == 32 * 32 * 64 * 3 * 3 * 3 and macs["classifier"] == 512 * 10
+    assert opcount.literature_ops(0.25, macs["conv0"], 4) == macs["conv0"]
