@@ -150,6 +150,20 @@ def _pairs(spec, n: int) -> tuple:
     return (spec,) * n if isinstance(spec, int) else tuple(spec)
 
 
+def _ungrouped(kernel: np.ndarray, groups: int) -> np.ndarray:
+    """NIR's [C_out, C_in, kH, kW] weight of our [kH, kW, C_in/groups, C_out] kernel, zero between groups
+    (NIR 1.0.8 types a grouped conv's input with C_in/groups channels, so groups stay 1)."""
+    weight = kernel.transpose(3, 2, 0, 1)
+    if groups == 1:
+        return weight
+    c_out, c_in = weight.shape[0], weight.shape[1] * groups
+    full = np.zeros((c_out, c_in) + weight.shape[2:], weight.dtype)
+    per_out, per_in = c_out // groups, c_in // groups
+    for g in range(groups):
+        full[g * per_out:(g + 1) * per_out, g * per_in:(g + 1) * per_in] = weight[g * per_out:(g + 1) * per_out]
+    return full
+
+
 def _conv_geometry(module: nn.Conv, name: str, in_hw: Sequence[int]):
     """(strides, symmetric padding, dilation) of the 2-D flax conv ``name``, or ExportError naming it."""
     kernel = tuple(module.kernel_size)
@@ -261,9 +275,8 @@ class _Builder:
             if not _is_map(value):
                 raise ExportError(f"layer {name}: a conv needs a feature map, got NIR shape {value.shape}")
             strides, padding, dilation = _conv_geometry(module, name, value.order.shape[:2])
-            node = nir.Conv2d(input_shape=tuple(value.shape[1:]), weight=kernel.transpose(3, 2, 0, 1),
-                              stride=strides, padding=padding, dilation=dilation,
-                              groups=module.feature_group_count, bias=bias)
+            node = nir.Conv2d(input_shape=tuple(value.shape[1:]), weight=_ungrouped(kernel, module.feature_group_count),
+                              stride=strides, padding=padding, dilation=dilation, groups=1, bias=bias)
         elif _is_map(value):  # Dense on [..., H, W, C]: a 1×1 conv
             node = nir.Conv2d(input_shape=tuple(value.shape[1:]), weight=kernel.T[:, :, None, None],
                               stride=1, padding=0, dilation=1, groups=1, bias=bias)

@@ -90,7 +90,7 @@ def simulate(graph: nir.NIRGraph, images: np.ndarray, timesteps: int, record: tu
 def ours(model, variables, images: np.ndarray, timesteps: int):
     """(time-mean logits [B, classes], {LIF path with underscores: spikes in NIR's layout [T, B, C, ...]})."""
     x = jnp.broadcast_to(jnp.asarray(images), (timesteps,) + images.shape)
-    logits, state = model.apply({"params": variables["params"], "batch_stats": variables["batch_stats"]}, x,
+    logits, state = model.apply({c: variables[c] for c in ("params", "batch_stats") if c in variables}, x,
                                 mode="eval", mutable=["intermediates"],
                                 capture_intermediates=lambda module, method: isinstance(module, layers.LIF))
     spikes = {}
@@ -342,3 +342,29 @@ def test_snntorch_runs_resnet18_as_we_do():
     assert agree >= 0.999
     assert max(rate_gaps.values()) <= 0.02
     assert float(spikes["layer4_0_spike2"].mean()) > 0  # the last stage fires too
+
+
+class GroupedNet(nn.Module):
+    """flax-style convs: SAME padding, then a strided grouped conv, a global mean and a classifier."""
+
+    @nn.compact
+    def __call__(self, x, *, mode):
+        y = layers.LIF(HARD, name="lif0")(layers.Conv(4, (3, 3), padding="SAME", name="conv")(x, mode), mode)
+        y = layers.Conv(8, (3, 3), strides=2, padding=1, feature_group_count=2,
+                        kernel_init=nn.initializers.normal(1.0), name="grouped")(y, mode)
+        return layers.Dense(3, name="out")(jnp.mean(layers.LIF(HARD, name="lif1")(y, mode), axis=(-3, -2)), mode)
+
+
+def test_grouped_strided_convs_and_a_global_mean_agree_with_snntorch():
+    """A grouped conv becomes a full nir.Conv2d with zeros between the groups (NIR 1.0.8 types a grouped
+    conv's input with C_in/groups channels); BatchNorm-free models have no batch_stats."""
+    model = GroupedNet()
+    images = np.asarray(jax.random.normal(jax.random.key(0), (5, 6, 6, 2)) + 0.5, np.float32)
+    variables = model.init(jax.random.key(1), images[None], mode="eval")
+    graph = export.to_nir(model, variables, input_shape=(6, 6, 2), timesteps=2)
+    assert graph.nodes["grouped"].weight.shape == (8, 4, 3, 3) and graph.nodes["grouped"].groups == 1
+    logits, spikes = ours(model, variables, images, 2)
+    theirs, their_spikes = simulate(graph, images, 2)
+    for name in ("lif0", "lif1"):
+        assert spikes[name].mean() > 0.05 and np.mean(spikes[name] == their_spikes[name]) >= 0.999, name
+    np.testing.assert_allclose(theirs, logits, atol=1e-4)
