@@ -13,11 +13,16 @@ accumulates (ACs) that spikes trigger, the multiply-accumulates (MACs) of
 layers fed real values (the encoding conv on the image, a layer after an
 average pool), and the MACs of the ANN of the same architecture; energy with
 E_AC = 0.9 pJ and E_MAC = 4.6 pJ (Horowitz, ISSCC 2014; --e_ac_pj, --e_mac_pj).
+The ANN's MACs are counted as thop/ptflops and SNN papers count them (the
+padded border included); beside our exact spike-driven counts, the
+literature's per-layer estimate (input firing rate × the ANN's MACs × T), so
+that both conventions of the SNN/ANN ratio can be read.
 Writes DIR/energy.csv (model, method, timesteps, layer_index, layer,
-input_rate, acs, macs, ann_macs, energy_pj, ann_energy_pj; per image),
+input_rate, acs, macs, ann_macs, energy_pj, ann_energy_pj,
+ann_macs_padding_free, literature_ops, literature_energy_pj; per image),
 DIR/energy.png (operations and energy per layer, SNN against ANN) and
-DIR/energy.md (the table with totals and the SNN/ANN energy ratio), and prints
-the table.
+DIR/energy.md (the table with totals and both SNN/ANN energy ratios), and
+prints the table.
 """
 
 from __future__ import annotations
@@ -46,7 +51,7 @@ _OUT = flags.DEFINE_string("out", None, "Output directory.")
 flags.mark_flags_as_required(["out"])
 
 COLUMNS = ["model", "method", "timesteps", "layer_index", "layer", "input_rate", "acs", "macs", "ann_macs",
-           "energy_pj", "ann_energy_pj"]
+           "energy_pj", "ann_energy_pj", "ann_macs_padding_free", "literature_ops", "literature_energy_pj"]
 COUNTS = COLUMNS[5:]  # per image: averaged over batches, summed over layers
 
 
@@ -83,7 +88,8 @@ def table(rows: list[dict]) -> str:
     def display(layer, rate, r):
         return {"layer": layer, "input rate": rate, "ACs (M)": r["acs"] / 1e6, "MACs (M)": r["macs"] / 1e6,
                 "ANN MACs (M)": r["ann_macs"] / 1e6, "energy (µJ)": r["energy_pj"] / 1e6,
-                "ANN energy (µJ)": r["ann_energy_pj"] / 1e6}
+                "ANN energy (µJ)": r["ann_energy_pj"] / 1e6, "literature ops (M)": r["literature_ops"] / 1e6,
+                "literature energy (µJ)": r["literature_energy_pj"] / 1e6}
 
     total = {k: sum(r[k] for r in rows) for k in COUNTS}
     lines = [display(r["layer"], r["input_rate"], r) for r in rows] + [display("total", None, total)]
@@ -103,9 +109,12 @@ def main(argv):
     title = f"{name}{f' ({method})' if method else ''}, T={timesteps}: {what}"
     plotting.save(plotting.plot_energy(rows, title), os.path.join(_OUT.value, "energy.png"))
     snn, ann = sum(r["energy_pj"] for r in rows), sum(r["ann_energy_pj"] for r in rows)
+    literature = sum(r["literature_energy_pj"] for r in rows)
     text = (f"Operations and energy per image of {title}; E_AC = {_E_AC.value} pJ, E_MAC = {_E_MAC.value} pJ "
             f"(Horowitz, ISSCC 2014)\n\n{table(rows)}\n\n"
-            f"SNN / ANN energy: {snn / ann:.3f} ({snn / 1e6:.4g} µJ against {ann / 1e6:.4g} µJ per image)\n")
+            f"SNN / ANN energy: {snn / ann:.3f} ({snn / 1e6:.4g} µJ against {ann / 1e6:.4g} µJ per image)\n"
+            f"SNN / ANN energy, the literature's estimate (input rate × ANN MACs × T): {literature / ann:.3f} "
+            f"({literature / 1e6:.4g} µJ)\n")
     with open(os.path.join(_OUT.value, "energy.md"), "w") as f:
         f.write(text)
     print(text)

@@ -152,10 +152,14 @@ def test_energy_of_a_trained_run(trained, tmp_path):
                  "--out", str(tmp_path))
     rows = read(tmp_path / "energy.csv")
     assert list(rows[0]) == ["model", "method", "timesteps", "layer_index", "layer", "input_rate", "acs", "macs",
-                             "ann_macs", "energy_pj", "ann_energy_pj"]
+                             "ann_macs", "energy_pj", "ann_energy_pj", "ann_macs_padding_free", "literature_ops",
+                             "literature_energy_pj"]
     assert [r["layer"] for r in rows] == ["conv0", "conv1", "conv2", "classifier"]
-    # 3×3 convs on 8×8 and (after a 2×2 pool) 4×4, padding excluded: (3n - 2)² C_in C_out; the linear 128 × 10.
-    assert [float(r["ann_macs"]) for r in rows] == [22**2 * 32, 22**2 * 32 * 64, 10**2 * 64 * 128, 128 * 10]
+    # 3×3 convs on 8×8 and (after a 2×2 pool) 4×4: n² C_out · 9 C_in, the padded border included (the
+    # usual count); without it (3n - 2)² C_in C_out; the linear 128 × 10.
+    assert [float(r["ann_macs"]) for r in rows] == [8**2 * 32 * 9, 8**2 * 64 * 9 * 32, 4**2 * 128 * 9 * 64, 128 * 10]
+    assert [float(r["ann_macs_padding_free"]) for r in rows] == [
+        22**2 * 32, 22**2 * 32 * 64, 10**2 * 64 * 128, 128 * 10]
     # Only conv1 reads spikes; the image and the average-pooled spikes are real-valued.
     assert all(float(r["acs"]) == 0 for r in rows if r["layer"] != "conv1") and float(rows[1]["macs"]) == 0
     assert float(rows[0]["macs"]) == 2 * 22**2 * 32  # T = 2; a normalised digit has no zero pixel
@@ -163,6 +167,8 @@ def test_energy_of_a_trained_run(trained, tmp_path):
     with open(tmp_path / "energy.md") as f:
         text = f.read()
     assert f"SNN / ANN energy: {snn / ann:.3f}" in text and "| total " in text and text.strip() in stdout
+    literature = sum(float(r["literature_energy_pj"]) for r in rows)
+    assert f"the literature's estimate (input rate × ANN MACs × T): {literature / ann:.3f}" in text
     assert (tmp_path / "energy.png").stat().st_size > 10_000
 
 

@@ -89,7 +89,9 @@ def test_counts_equal_a_numpy_loop(tiny):
     x = np.moveaxis(spikes, 1, 0)  # time-major, as the model sees it
     for name in ("strided", "grouped"):
         assert rows[name]["acs"] == loop_count(x, *CONVS[name]) and rows[name]["macs"] == 0
-        assert rows[name]["ann_macs"] == loop_count(np.ones((1, 1, 5, 5, 2)), *CONVS[name])
+        assert rows[name]["ann_macs_padding_free"] == loop_count(np.ones((1, 1, 5, 5, 2)), *CONVS[name])
+    # the usual count: every output element × its kernel's inputs, the padded border included
+    assert rows["strided"]["ann_macs"] == 3 * 3 * 3 * (3 * 3 * 2) and rows["grouped"]["ann_macs"] == 5 * 5 * 4 * (2 * 2)
     assert rows["classifier"]["acs"] == np.count_nonzero(x) * 2 / 2 and rows["classifier"]["ann_macs"] == 50 * 2
     # on_real reads the strided conv's real-valued output: MACs, one per nonzero input and synapse.
     model, variables = tiny
@@ -105,7 +107,8 @@ def test_no_spikes_no_accumulates_and_all_spikes_t_times_the_ann(tiny):
     assert all(row["ann_macs"] > 0 for row in zeros)
     ones = by_layer(analysis.operation_counts(*tiny, np.ones((2, 5, 5, 2)), timesteps=3))
     for name in ("strided", "grouped", "classifier"):
-        assert ones[name]["acs"] == 3 * ones[name]["ann_macs"] and ones[name]["input_rate"] == 1
+        assert ones[name]["acs"] == 3 * ones[name]["ann_macs_padding_free"] and ones[name]["input_rate"] == 1
+        assert ones[name]["literature_ops"] == 3 * ones[name]["ann_macs"]
 
 
 def conv_macs(n, kernel, stride, padding, c_in, c_out):
@@ -136,9 +139,11 @@ def test_resnet18_ann_macs_match_the_architecture():
     shapes = jax.eval_shape(lambda: models.init(model, jax.random.key(0), images, timesteps=1))
     variables = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)  # the counts need no weights
     rows = analysis.operation_counts(model, variables, images, timesteps=1)
-    assert len(rows) == 21 and sum(row["ann_macs"] for row in rows) == resnet18_macs() == 481_859_328
-    # 556M with the padded border counted, the usual figure; the stem alone:
-    assert rows[0]["layer"] == "conv0" and rows[0]["ann_macs"] == (3 * 32 - 2) ** 2 * 3 * 64
+    # the usual figure (thop/ptflops/syops, SNN papers) counts the padded border; ours without it too
+    assert len(rows) == 21 and sum(row["ann_macs"] for row in rows) == 555_422_720
+    assert sum(row["ann_macs_padding_free"] for row in rows) == resnet18_macs() == 481_859_328
+    assert rows[0]["layer"] == "conv0" and rows[0]["ann_macs"] == 32 * 32 * 64 * (3 * 3 * 3)
+    assert rows[0]["ann_macs_padding_free"] == (3 * 32 - 2) ** 2 * 3 * 64
 
 
 def test_energy_is_counts_times_constants_and_each_constant_its_own_term(tiny):
@@ -148,6 +153,9 @@ def test_energy_is_counts_times_constants_and_each_constant_its_own_term(tiny):
     for row in base:
         assert row["energy_pj"] == pytest.approx(row["acs"] * 0.9 + row["macs"] * 4.6, rel=1e-12)
         assert row["ann_energy_pj"] == pytest.approx(row["ann_macs"] * 4.6, rel=1e-12)
+        assert row["literature_ops"] == pytest.approx(row["input_rate"] * row["ann_macs"] * 2, rel=1e-12)
+        e = 4.6 if row["macs"] else 0.9  # spikes in: ACs; real values in: MACs, as the exact counts
+        assert row["literature_energy_pj"] == pytest.approx(row["literature_ops"] * e, rel=1e-12)
     assert (opcount.E_AC_PJ, opcount.E_MAC_PJ) == (0.9, 4.6)
     dearer_ac = analysis.operation_counts(*tiny, spikes, timesteps=2, e_ac_pj=2.0)
     dearer_mac = analysis.operation_counts(*tiny, spikes, timesteps=2, e_mac_pj=10.0)
@@ -158,3 +166,4 @@ def test_energy_is_counts_times_constants_and_each_constant_its_own_term(tiny):
         assert ac["ann_energy_pj"] == row["ann_energy_pj"]
         assert mac["energy_pj"] - row["energy_pj"] == pytest.approx(row["macs"] * 5.4, rel=1e-9, abs=1e-9)
         assert mac["ann_energy_pj"] - row["ann_energy_pj"] == pytest.approx(row["ann_macs"] * 5.4, rel=1e-9)
+

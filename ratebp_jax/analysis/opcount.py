@@ -19,6 +19,8 @@ use them to compare a spiking network with its ANN.
 
 from __future__ import annotations
 
+import math
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -54,6 +56,23 @@ def receptive_counts(layer: nn.Conv | nn.Dense, kernel_shape: tuple[int, ...], x
 def dense_macs(layer: nn.Conv | nn.Dense, kernel_shape: tuple[int, ...], x: jax.Array) -> jax.Array:
     """int32 scalar: the MACs of the layer on one example of x [T, B, ...] with no zero input (an ANN's)."""
     return receptive_counts(layer, kernel_shape, jnp.ones((1, 1) + x.shape[2:], jnp.float32))[0, 0]
+
+
+def usual_macs(layer: nn.Conv | nn.Dense, kernel_shape: tuple[int, ...], x: jax.Array) -> int:
+    """The MACs of the layer on one example of x [T, B, ...] as thop, ptflops, syops and SNN papers
+    count an ANN's: every output element × the inputs of its kernel (kh·kw·C_in/groups for a conv,
+    in_features for a dense), the padded border included (dense_macs leaves it out)."""
+    counter = layer.clone(parent=None, use_bias=False)
+    out = jax.eval_shape(lambda k, x: counter.apply({"params": {"kernel": k}}, x),
+                         jax.ShapeDtypeStruct(tuple(kernel_shape), jnp.float32),
+                         jax.ShapeDtypeStruct((1, 1) + tuple(x.shape[2:]), jnp.float32))
+    return math.prod(out.shape[2:]) * math.prod(kernel_shape[:-1])
+
+
+def literature_ops(input_rate: float, macs: float, timesteps: int) -> float:
+    """The per-layer estimate of SNN papers: input firing rate × usual_macs × T synaptic operations
+    (ours, from the spikes themselves, count each receptive field's actual nonzero inputs)."""
+    return input_rate * macs * timesteps
 
 
 def is_binary(x: jax.Array) -> jax.Array:
