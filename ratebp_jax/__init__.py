@@ -25,3 +25,13 @@ from ratebp_jax import models  # noqa: E402
 from ratebp_jax.methods import METHODS, compute_grads, evaluate  # noqa: E402
 
 __all__ += ["models", "METHODS", "compute_grads", "evaluate"]
+
+
+def __getattr__(name: str):
+    """rbp.export (ratebp_jax.export, NIR) on first use: it imports the nir package, which the rest
+    of the library does not need."""
+    if name == "export":
+        import importlib
+
+        return importlib.import_module("ratebp_jax.export")
+    raise AttributeError(f"module 'ratebp_jax' has no attribute {name!r}")
