@@ -23,6 +23,7 @@ process takes part in the checkpoints (Orbax's multi-process saves).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -54,8 +55,11 @@ class TrainState(train_state.TrainState):
 def learning_rate(config, steps_per_epoch: int):
     """Cosine from optimizer.learning_rate to 0 over num_epochs, constant within an epoch
     (PyTorch's CosineAnnealingLR stepped once per epoch, as in the reference)."""
-    base, epochs = config.optimizer.learning_rate, config.num_epochs
+    return cosine_per_epoch(config.optimizer.learning_rate, config.num_epochs, steps_per_epoch)
 
+
+def cosine_per_epoch(base: float, epochs: int, steps_per_epoch: int):
+    """step -> base · (1 + cos(π · epoch / epochs)) / 2, epoch = min(step // steps_per_epoch, epochs)."""
     def schedule(step):
         epoch = jnp.minimum(step // steps_per_epoch, epochs)
         return base * 0.5 * (1 + jnp.cos(jnp.pi * epoch / epochs))
@@ -69,10 +73,22 @@ def weight_decay_mask(params: Any) -> Any:
 
 def make_optimizer(config, steps_per_epoch: int) -> optax.GradientTransformation:
     """As the reference's PyTorch optimisers: the gradient plus wd·w on kernels only, then
-    SGD with momentum (no dampening) or Adam (momentum is its β1)."""
-    opt, lr = config.optimizer, learning_rate(config, steps_per_epoch)
-    update = optax.sgd(lr, momentum=opt.momentum or None) if opt.name == "sgd" else optax.adam(lr, b1=opt.momentum)
-    return optax.chain(optax.add_decayed_weights(opt.weight_decay, mask=weight_decay_mask), update)
+    SGD with momentum (no dampening) or Adam (momentum is its β1).
+
+    The same hyperparameters give the same object: the optimiser is a static part of the
+    train state, so that the runs of one recipe (compare's seeds) share one compiled step.
+    """
+    opt = config.optimizer
+    return _optimizer(opt.name, opt.learning_rate, opt.momentum, opt.weight_decay, config.num_epochs,
+                      steps_per_epoch)
+
+
+@functools.lru_cache(maxsize=None)
+def _optimizer(name: str, base_lr: float, momentum: float, weight_decay: float, num_epochs: int,
+               steps_per_epoch: int) -> optax.GradientTransformation:
+    lr = cosine_per_epoch(base_lr, num_epochs, steps_per_epoch)
+    update = optax.sgd(lr, momentum=momentum or None) if name == "sgd" else optax.adam(lr, b1=momentum)
+    return optax.chain(optax.add_decayed_weights(weight_decay, mask=weight_decay_mask), update)
 
 
 def create_model(config, num_classes: int, in_channels: int, axis_name: str | None = AXIS):
