@@ -3,13 +3,13 @@
 A layer's weight gradient can be taken at another input than its forward
 input (OTTT's presynaptic trace), and a convolution's gradients can be
 computed in a form that XLA:CPU runs fast inside a loop body: autodiff's form
-of them runs there up to ~40× slower than outside a loop (jax-ml/jax#12868:
-resnet18 sltt at T = 2 took 114 s a step as a loop, 9 s unrolled). That form
+of them runs there many times slower than outside a loop (jax-ml/jax#12868;
+the README has the measured figures). That form
 is used where the computation is lowered for the CPU, autodiff's elsewhere
 (CONV_GRADIENTS). Time loops with gradients inside are loops nonetheless, so
 that only one step's activations are alive at a time: unrolled, XLA:CPU's
-scheduler keeps several steps' activations alive (sltt's memory grew by 74%
-from T = 2 to 8).
+scheduler keeps several steps' activations alive (sltt's memory then grows
+with T).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ def autodiff_weight_grad(layer: Layer) -> WeightGrad:
 
 # How a convolution's gradients are written (Conv's conv_gradients, conv's gradients):
 #   "native_layouts"  as convolutions in XLA:CPU's native layouts (conv_input_grad,
-#                     conv_kernel_grad): XLA:CPU runs autodiff's form of them up to ~40×
+#                     conv_kernel_grad): XLA:CPU runs autodiff's form of them many times
 #                     slower inside a loop body (jax-ml/jax#12868), these stay fast there.
 #   "autodiff"        autodiff's own form (the transpose rules of lax.conv_general_dilated):
 #                     what XLA:GPU and XLA:TPU map to their backward-convolution kernels,
@@ -73,7 +73,7 @@ def autodiff_weight_grad(layer: Layer) -> WeightGrad:
 #                     platform decides, not the process's default backend).
 # The numbers are the same in all three (up to float rounding). bptt_s, whose time loop is
 # written out, runs the same step modes and so gets the same choice: on XLA:CPU the native
-# layouts, with which it was measured within 1.23× of bptt_m's step time (README).
+# layouts (its step time against bptt_m's is in the README).
 CONV_GRADIENTS = ("auto", "native_layouts", "autodiff")
 
 
