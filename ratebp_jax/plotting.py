@@ -112,21 +112,24 @@ def plot_comparison(rows: Sequence[dict], title: str = "") -> plt.Figure:
     """Final test accuracy (mean ± std over seeds) against step time and against compiled memory.
 
     rows: experiments.compare's per-method rows (method, test_accuracy,
-    test_accuracy_std, step_time_s, compiled_temp_bytes).
+    test_accuracy_std, step_time_s, compiled_temp_bytes). Each method has its
+    own colour and marker in both panels and in one legend (methods with
+    nearly equal cost and accuracy overlap, so labels beside the points
+    would too).
     """
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    markers = "osD^vP*Xph"
     for ax, field, scale, label in ((axes[0], "step_time_s", 1000, "step time (ms, median)"),
                                     (axes[1], "compiled_temp_bytes", 2**-20, "compiled temporaries (MiB)")):
-        for r in rows:
-            x = float(r[field]) * scale
-            ax.errorbar(x, float(r["test_accuracy"]), yerr=float(r["test_accuracy_std"]), fmt="o", capsize=3)
-            ax.annotate(r["method"], (x, float(r["test_accuracy"])), textcoords="offset points", xytext=(5, 4),
-                        fontsize=8)
+        for i, r in enumerate(rows):
+            ax.errorbar(float(r[field]) * scale, float(r["test_accuracy"]), yerr=float(r["test_accuracy_std"]),
+                        fmt=markers[i % len(markers)], color=f"C{i % 10}", capsize=3, alpha=0.85, label=r["method"])
         ax.set(xlabel=label)
         ax.grid(alpha=0.3)
     axes[0].set(ylabel="final test accuracy (%)")
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="center right", title="method")
     fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 0.86, 1))
     return fig
 
 

@@ -204,3 +204,17 @@ def test_compare_trains_every_method_and_seed_and_tabulates(tmp_path):
         assert float(row["step_time_s"]) > 0 and int(row["compiled_temp_bytes"]) > 0
     assert (tmp_path / "compare.png").stat().st_size > 10_000
     assert "| sltt_k |" in (tmp_path / "compare.md").read_text() and "| rate_m |" in stdout
+
+
+def test_comparison_plot_tells_every_method_apart():
+    """Eight methods at one point (equal cost and accuracy): each is in the legend once, with its
+    own colour and marker, the same in both panels."""
+    from ratebp_jax import METHODS, plotting
+
+    rows = [{"method": m, "test_accuracy": 98.0, "test_accuracy_std": 0.5, "step_time_s": 0.05,
+             "compiled_temp_bytes": 2**24} for m in METHODS]
+    fig = plotting.plot_comparison(rows, "title")
+    (legend,) = fig.legends
+    assert [t.get_text() for t in legend.get_texts()] == list(METHODS)
+    styles = [[(c.lines[0].get_color(), c.lines[0].get_marker()) for c in ax.containers] for ax in fig.axes]
+    assert styles[0] == styles[1] and len(set(styles[0])) == len(METHODS)
