@@ -41,7 +41,7 @@ def test_sizes_match_the_reference(name, num_classes):
 
 
 def test_every_model_is_listed():
-    assert set(models.NAMES) == {name for name, _ in REFERENCE_SIZES} | {"digits_vgg"}
+    assert set(models.NAMES) == {name for name, _ in REFERENCE_SIZES} | {"digits_vgg", "mlp"}
 
 
 def numpy_adaptive_avg_pool(x, size):

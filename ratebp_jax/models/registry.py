@@ -11,6 +11,7 @@ that defines it is imported (for training runs: config.model_module).
 from __future__ import annotations
 
 import functools
+import inspect
 from typing import Any, Callable
 
 import flax.linen as nn
@@ -20,6 +21,7 @@ import jax.numpy as jnp
 from ratebp_jax import inputs
 from ratebp_jax.models.common import Layers
 from ratebp_jax.models.imagenet_resnet import preact_resnet34, sew_resnet34
+from ratebp_jax.models.mlp import mlp
 from ratebp_jax.models.resnet import resnet18, resnet19
 from ratebp_jax.models.vgg import vgg
 from ratebp_jax.neuron import LIFParams
@@ -34,6 +36,7 @@ _BUILDERS = {
     "sew_resnet34": sew_resnet34,
     "preact_resnet34": preact_resnet34,
     "digits_vgg": vgg("digits_vgg"),
+    "mlp": mlp,  # the temporal tasks' (SPEC §8); widths and batch_norm from model_kwargs
 }
 NAMES = tuple(_BUILDERS)  # the zoo's; names() also lists the registered models
 
@@ -43,6 +46,7 @@ INPUT_SHAPES = {name: (32, 32, 3) for name in NAMES} | {
     "sew_resnet34": (224, 224, 3),
     "preact_resnet34": (224, 224, 3),
     "digits_vgg": (8, 8, 1),
+    "mlp": (8, 8, 1),  # it flattens any [H, W, C]
 }
 _REGISTERED: dict[str, tuple[Callable[..., nn.Module], tuple[int, int, int]]] = {}  # name -> (builder, input shape)
 
@@ -98,8 +102,8 @@ def create(name: str, *, num_classes: int, in_channels: int = 3, dtype: Any = jn
         float64 for float64, float32 otherwise.
       axis_name: device axis over which BatchNorm statistics are averaged
         (the pmap axis name, "batch" in the train step), or None.
-      model_kwargs: keyword arguments of a registered model's builder
-        (config.model_kwargs); the zoo's builders take none.
+      model_kwargs: keyword arguments of the model's builder (config.model_kwargs);
+        of the zoo's, only mlp takes any (widths, batch_norm).
       remat_form: how bptt_remat recomputes the blocks (ratebp_jax.remat.FORMS).
       neuron_kwargs: LIFParams fields (decay, threshold, reset, detach_reset,
         surrogate, alpha).
@@ -111,11 +115,12 @@ def create(name: str, *, num_classes: int, in_channels: int = 3, dtype: Any = jn
     layers = Layers(neuron=LIFParams(**neuron_kwargs), axis_name=axis_name, dtype=dtype,
                     param_dtype=jnp.float64 if dtype == jnp.float64 else jnp.float32, remat_form=remat_form)
     model_kwargs = dict(model_kwargs or {})
-    if name in _BUILDERS:
-        if model_kwargs:
-            raise ValueError(f"model_kwargs={model_kwargs!r} given, but the zoo's {name} takes none")
-        return _BUILDERS[name](num_classes, layers, in_channels)
-    return _REGISTERED[name][0](num_classes, layers, in_channels, **model_kwargs)
+    builder = _BUILDERS[name] if name in _BUILDERS else _REGISTERED[name][0]
+    try:
+        inspect.signature(builder).bind(num_classes, layers, in_channels, **model_kwargs)
+    except TypeError as error:
+        raise ValueError(f"model_kwargs={model_kwargs!r} do not fit the builder of model {name!r}: {error}") from None
+    return builder(num_classes, layers, in_channels, **model_kwargs)
 
 
 @functools.partial(jax.jit, static_argnums=0)
