@@ -1,5 +1,6 @@
 """The training system: pmapped step, resume, the CIFAR-10 config on mock data, config errors."""
 
+import importlib
 import json
 import os
 import subprocess
@@ -198,3 +199,16 @@ def test_smoke_variant_shrinks_any_config():
     assert (config.max_steps, config.batch_size, config.timesteps) == (2, 8, 2)
     with pytest.raises(ValueError, match="variant"):
         cifar10_resnet18.get_config("tiny")
+
+
+CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py")
+                      and f not in ("__init__.py", "common.py"))
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+@pytest.mark.parametrize("variant", ["", "smoke"])
+def test_every_config_file_validates(name, variant):
+    """Every recipe in configs/ (and its smoke variant) passes the checks a run makes before data."""
+    config = importlib.import_module(f"configs.{name}").get_config(variant)
+    configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS,
+                           input_shapes=data.INPUT_SHAPES)
