@@ -125,10 +125,12 @@ def main(argv):
     rows = summarize(results, step_costs(base, names, split))
     report.write_csv(os.path.join(_OUT.value, "compare.csv"), rows, COLUMNS)
     table = markdown(rows)
+    kwargs = configuration.model_kwargs(base)
+    model = base.model + (f" ({', '.join(f'{k}={v}' for k, v in kwargs.items())})" if kwargs else "")
     with open(os.path.join(_OUT.value, "compare.md"), "w") as f:
-        f.write(f"{base.model} on {base.dataset}, T = {base.timesteps}, batch {base.batch_size}, "
+        f.write(f"{model} on {base.dataset}, T = {base.timesteps}, batch {base.batch_size}, "
                 f"{len(seeds)} seeds, {report.device_name()}\n\n{table}\n")
-    title = f"{base.model} on {base.dataset}, T = {base.timesteps}, {report.device_name()}"
+    title = f"{model} on {base.dataset}, T = {base.timesteps}, {report.device_name()}"
     plotting.save(plotting.plot_comparison(rows, title), os.path.join(_OUT.value, "compare.png"))
     print(table)
     print(f"wrote {_OUT.value}/compare_runs.csv, compare.csv, compare.md, compare.png")
