@@ -72,3 +72,20 @@ def with_variant(config: ml_collections.ConfigDict, variant: str) -> ml_collecti
     config.timesteps = min(config.timesteps, 2)
     config.log_every_steps = 1
     return config
+
+
+def digits_in_time(dataset: str, variant: str = "") -> ml_collections.ConfigDict:
+    """The recipe of the temporal digits tasks, digits_rows and digits_latency (their config files
+    say why): the mlp, 128-128, Adam 1e-3, 40 epochs, LIF decay 0.8, T = 8 fixed by the data."""
+    steps = 8  # ratebp_jax.data.SEQUENCE_LENGTHS of both
+    config = base(dataset=dataset, model="mlp", timesteps=steps, batch_size=64, num_epochs=40, learning_rate=1e-3,
+                  weight_decay=0.0)
+    config.optimizer.name = "adam"  # as configs/digits.py: cancels the rate methods' 1/T gradient scale
+    config.augment = False  # the datasets have no augmentation (they ignore the flag)
+    config.model_kwargs.widths = (128, 128)
+    config.model_kwargs.batch_norm = True  # --config.model_kwargs.batch_norm=False: the table without BatchNorm
+    config.neuron.decay = 0.8  # remember across steps
+    config.log_every_steps = 100
+    config = with_variant(config, variant)
+    config.timesteps = steps  # fixed by the data: the smoke variant must not shrink T
+    return config

@@ -24,18 +24,6 @@ spikes that arrive close together.
 
 from configs import common
 
-STEPS = 8  # latency steps per digit (ratebp_jax.data.SEQUENCE_LENGTHS["digits_latency"])
-
 
 def get_config(variant: str = ""):
-    config = common.base(dataset="digits_latency", model="mlp", timesteps=STEPS, batch_size=64, num_epochs=40,
-                         learning_rate=1e-3, weight_decay=0.0)
-    config.optimizer.name = "adam"  # as configs/digits.py: cancels the rate methods' 1/T gradient scale
-    config.augment = False  # the dataset has no augmentation (it ignores the flag)
-    config.model_kwargs.widths = (128, 128)
-    config.model_kwargs.batch_norm = True  # --config.model_kwargs.batch_norm=False: the table without BatchNorm
-    config.neuron.decay = 0.8  # remember across steps (see the docstring)
-    config.log_every_steps = 100
-    config = common.with_variant(config, variant)
-    config.timesteps = STEPS  # fixed by the data: the smoke variant must not shrink T
-    return config
+    return common.digits_in_time("digits_latency", variant)

@@ -98,11 +98,12 @@ def trained_run(workdir: str, config: Any = None, which: str = "best") -> tuple[
     run that cannot be read (no record, a differing config, no checkpoint, its
     dataset not prepared) ends the process: one line on stderr, exit 2.
     """
-    from ratebp_jax import configuration, runs
+    from ratebp_jax import checkpoint, configuration, data, runs
 
     try:
         return runs.load_trained(workdir, which=which, config=config)
-    except (runs.RunError, configuration.ConfigError, FileNotFoundError) as error:
+    except (runs.RunError, configuration.ConfigError, FileNotFoundError, data.DataNotFoundError,
+            checkpoint.CheckpointError) as error:
         cli.fail(error)
 
 

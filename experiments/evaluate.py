@@ -30,14 +30,10 @@ def main(argv):
     import jax.numpy as jnp
     from flax.jax_utils import replicate
 
-    from ratebp_jax import checkpoint, configuration, data, runs, train
+    from ratebp_jax import train
 
     workdir, which = _WORKDIR.value, _WHICH.value
-    try:
-        model, variables, split, config = runs.load_trained(workdir, which=which)
-    except (runs.RunError, configuration.ConfigError, FileNotFoundError, data.DataNotFoundError,
-            checkpoint.CheckpointError) as error:
-        cli.fail(error)
+    model, variables, split, config = common.trained_run(workdir, which=which)
     metrics = train.eval_accuracy(replicate(variables), split, model, config.timesteps, jnp.dtype(config.dtype),
                                   config.max_eval_steps)
     result = {"which": which, "method": config.method, "model": config.model, "dataset": config.dataset,

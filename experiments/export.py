@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import time
 
-from absl import app, flags
+from absl import flags
 
-from experiments import cli, report
+from experiments import cli, common
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Workdir of a training run (experiments.train).")
 _OUT = flags.DEFINE_string("out", None, "The NIR file to write (HDF5, e.g. model.nir).")
@@ -29,19 +29,13 @@ flags.mark_flags_as_required(["workdir", "out"])
 
 
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    report.quiet_library_logs()
+    common.start(argv)
     import nir
 
-    from ratebp_jax import checkpoint, configuration, data, export, runs
+    from ratebp_jax import export
 
     workdir, which = _WORKDIR.value, _WHICH.value
-    try:
-        model, variables, split, config = runs.load_trained(workdir, which=which)
-    except (runs.RunError, configuration.ConfigError, FileNotFoundError, data.DataNotFoundError,
-            checkpoint.CheckpointError) as error:
-        cli.fail(error)
+    model, variables, split, config = common.trained_run(workdir, which=which)
     start = time.perf_counter()
     try:
         graph = export.to_nir(model, variables, input_shape=split.input_shape, timesteps=config.timesteps,
