@@ -63,12 +63,13 @@ def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
     assert not np.allclose(eval_rates["spike0"], rates["spike0"])
 
 
-@pytest.mark.slow  # compiles ResNet-18's rate_s step at 3 T
+@pytest.mark.slow  # compiles four steps (about 20 s)
 def test_rate_s_memory_is_flat_in_timesteps():
-    """rate_s at T = 8 needs within 5% of its T = 1 and T = 2 compiled memory; bptt_m's grows with T."""
-    rate_s = [compiled_temp_bytes("resnet18", "rate_s", t) for t in (1, 2, 8)]
-    bptt_m = [compiled_temp_bytes("resnet18", "bptt_m", t) for t in (2, 8)]
-    assert rate_s[2] <= 1.05 * min(rate_s[:2]), rate_s
+    """digits_vgg at 32×32: rate_s at T = 8 needs within 5% of its T = 2 compiled memory; bptt_m's grows
+    with T. (At T = 1 rate_s keeps float sums and needs less: README, "Cost of one training step".)"""
+    rate_s, bptt_m = ([compiled_temp_bytes("digits_vgg", method, t, in_channels=3) for t in (2, 8)]
+                      for method in ("rate_s", "bptt_m"))
+    assert rate_s[1] <= 1.05 * rate_s[0], rate_s
     assert bptt_m[1] >= 2 * bptt_m[0], bptt_m
 
 
