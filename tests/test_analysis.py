@@ -46,6 +46,7 @@ def test_grad_similarity_is_one_at_one_timestep_and_below_one_later():
         assert 0 < at_4[pair]["overall"] < 1 - 1e-6
 
 
+@pytest.mark.slow  # compiles the spike pass and the analysis
 def test_firing_rates_agree_with_the_rates_the_spike_pass_records():
     """Per layer, the time-mean of firing_rates(mode="spike") is the mean of RECORD's rate."""
     model, variables, images, _ = setup("digits_vgg", batch=8)

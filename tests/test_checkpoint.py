@@ -109,6 +109,7 @@ def test_the_test_hook_rejects_a_malformed_value(tmp_path, monkeypatch):
         checkpoint.Checkpoints(tmp_path)
 
 
+@pytest.mark.slow  # writes and truncates a checkpoint of 40 arrays
 def test_reports_after_a_failed_read_are_muted_only_around_the_read(tmp_path, monkeypatch, caplog):
     # A truncated checkpoint of 40 arrays: its failed read leaves TensorStore reads in flight, which
     # report "Event loop is closed" through sys.unraisablehook after the failure is raised (the control).

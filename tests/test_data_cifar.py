@@ -37,7 +37,7 @@ def test_eval_is_the_spec_normalization_of_the_images(name, tmp_path):
     np.testing.assert_allclose(images, (raw / 255.0 - np.array(mean)) / np.array(std), atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["cifar10", "cifar100"])
+@pytest.mark.parametrize("name", ["cifar10", pytest.param("cifar100", marks=pytest.mark.slow)])
 def test_train_batches_are_augmented_deterministically_with_a_black_cutout_hole(name, tmp_path):
     with conftest.prepared_mock_data(tmp_path, name, num_examples=9):
         split = data.make_split(name, train=True, batch_size=4, seed=1, process_index=0, process_count=1)

@@ -118,6 +118,7 @@ def test_train_is_augmented_deterministically_per_seed_and_epoch(prepared):
                    for flip in (False, True) for dy in range(-5, 6) for dx in range(-5, 6))
 
 
+@pytest.mark.slow  # a CLI process
 def test_prepare_without_archives_says_where_to_put_them(tmp_path):
     proc = prepare_cli(tmp_path / "data", tmp_path / "nothing_here")
     assert proc.returncode == 2
@@ -149,6 +150,7 @@ def run_cli(workdir, *flags):
     return run_module("train", "--config", "configs/cifar10_dvs_vggsnn.py:smoke", "--workdir", str(workdir), *flags)
 
 
+@pytest.mark.slow  # a CLI process
 def test_unprepared_data_stop_training_with_one_line_naming_the_prepare_command(tmp_path):
     proc = run_cli(tmp_path / "run", f"--config.data_dir={tmp_path / 'data'}")
     assert proc.returncode == 2
@@ -174,6 +176,7 @@ def test_dvs_config_trains_through_the_cli(prepared, tmp_path):
     assert results["steps_done"] == 2 and np.isfinite(results["params_l2"])
 
 
+@pytest.mark.slow  # a CLI process
 def test_cli_rejects_other_timesteps_with_one_line(tmp_path):
     proc = run_cli(tmp_path, "--config.timesteps=4")
     assert proc.returncode == 2

@@ -150,6 +150,7 @@ class AdaptiveNet(nn.Module):
         return layers.Dense(3, name="classifier")(y, mode)
 
 
+@pytest.mark.slow  # snnTorch (torch's import and its simulation)
 @pytest.mark.parametrize("side, pool", [(4, "AvgPool2d"), (5, None)])
 def test_adaptive_pooling_is_a_pool_or_folds_into_the_classifier(side, pool):
     """On 4×4 the 3×3 adaptive pool is AvgPool2d(2, stride 1); on 5×5 its windows differ in size, and
@@ -252,6 +253,7 @@ def test_a_max_pool_is_one_error_naming_the_layer():
     assert "\n" not in message and "max-pooling" in message and "lif0" in message
 
 
+@pytest.mark.slow  # snnTorch (torch's import and its simulation)
 def test_user_model_agrees_with_snntorch():
     model, variables = _small()
     graph = export.to_nir(model, variables, input_shape=(6, 6, 2), timesteps=3)
@@ -355,6 +357,7 @@ class GroupedNet(nn.Module):
         return layers.Dense(3, name="out")(jnp.mean(layers.LIF(HARD, name="lif1")(y, mode), axis=(-3, -2)), mode)
 
 
+@pytest.mark.slow  # snnTorch (torch's import and its simulation)
 def test_grouped_strided_convs_and_a_global_mean_agree_with_snntorch():
     """A grouped conv becomes a full nir.Conv2d with zeros between the groups (NIR 1.0.8 types a grouped
     conv's input with C_in/groups channels); BatchNorm-free models have no batch_stats."""

@@ -157,6 +157,7 @@ def hand_written_digits_vgg(params, stats, x, per_step):
     return logits.mean(axis=0), new_stats
 
 
+@pytest.mark.slow  # about 25 s; the fast part keeps oracles 1 and 5 on digits_vgg
 @pytest.mark.parametrize("method", ["bptt_m", "bptt_s"])
 def test_bptt_matches_a_hand_written_network(method):
     model, variables, images, labels = setup("digits_vgg", batch=6)

@@ -164,8 +164,8 @@ def test_oracle7_ottt_equals_the_trace_formula_in_numpy():
     assert relative_error(out.grads["fc2"], sltt.grads["fc2"]) > 1e-2  # fed by spikes: from their trace
 
 
-@pytest.mark.parametrize("name", ["vgg11", pytest.param("resnet18", marks=pytest.mark.slow),
-                                  pytest.param("sew_resnet34", marks=pytest.mark.slow)])
+@pytest.mark.slow  # test_own_model's fast oracle 5 covers bptt_remat on a marked block
+@pytest.mark.parametrize("name", ["vgg11", "resnet18", "sew_resnet34"])
 def test_oracle5_bptt_remat_equals_bptt_m(name):
     """SPEC oracle 5, float64, T = 4: recomputing the blocks changes no number (16×16 inputs)."""
     model, variables, images, labels = setup(name, batch=2)

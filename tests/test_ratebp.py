@@ -21,7 +21,8 @@ def bptt_rate_derivative(x, **neuron):
 
 @pytest.mark.parametrize("surrogate", rbp.SURROGATES)
 @pytest.mark.parametrize("variant", RESET_VARIANTS, ids=lambda v: f"{v['reset']}-detach{v['detach_reset']}")
-@pytest.mark.parametrize("num_steps", [1, 4, 16])
+@pytest.mark.parametrize("num_steps", [pytest.param(1, marks=pytest.mark.slow), 4,
+                                       pytest.param(16, marks=pytest.mark.slow)])  # 48 compilations in all
 def test_eligibility_is_bptt_derivative_of_rate(surrogate, variant, num_steps):
     """SPEC oracle 3, float64, relative error ≤ 1e-10."""
     x = jnp.asarray(np.random.default_rng(num_steps).normal(0.6, 0.6, size=(num_steps, 500)))

@@ -27,8 +27,8 @@ def tiny_digits_config(**overrides):
     return config
 
 
-@pytest.mark.parametrize("method", ["rate_m", "bptt_m", pytest.param("sltt", marks=pytest.mark.slow),
-                                    pytest.param("ottt", marks=pytest.mark.slow), "bptt_remat"])
+@pytest.mark.parametrize("method", ["rate_m"] + [pytest.param(m, marks=pytest.mark.slow)
+                                                 for m in ("bptt_m", "sltt", "ottt", "bptt_remat")])
 def test_pmapped_step_equals_single_device_step(method):
     """4 devices × 2 examples == 1 device × 8 examples (float64, rel. error ≤ 1e-10)."""
     config = tiny_digits_config(method=method, dtype="float64")
@@ -176,6 +176,7 @@ def test_bad_sltt_k_is_named(k, message):
     configuration.validate(config, data.DATASETS)
 
 
+@pytest.mark.slow  # a CLI process
 # One process (about 12 s each on 2 cores): the messages are the in-process tests' above; this one
 # needs the process's device count.
 @pytest.mark.parametrize("flags,message", [
