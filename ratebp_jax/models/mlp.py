@@ -4,7 +4,8 @@ public layers, a block marked with layers.remat, widths and BatchNorm from model
     model = create("mlp", num_classes=10, in_channels=1, model_kwargs={"widths": (128, 128), "batch_norm": False})
 
 [..., H, W, C] -> flatten -> (Dense → BatchNorm → LIF) per width -> Dense -> [..., num_classes].
-Weights and biases keep flax's initialisers (lecun normal, zeros).
+Weights and biases keep flax's initialisers (lecun normal, zeros); a hidden Dense has a bias only
+without BatchNorm (whose mean subtraction would cancel it).
 """
 
 from __future__ import annotations
