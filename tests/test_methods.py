@@ -181,8 +181,8 @@ def test_bptt_matches_a_hand_written_network(method):
 @pytest.mark.parametrize("name", ["resnet18", "digits_vgg", "sew_resnet34"])
 def test_every_method_runs_in_float32(name):
     """Finite float32 gradients of static inputs at T = 2: every method on digits_vgg, and on a
-    residual net each method once (the layers, where dtypes are handled, are shared; every model
-    runs in oracle 1 above): the methods of SPEC §2-3 on sew_resnet34, the baselines on resnet18.
+    residual net each method once (the layers, where dtypes are handled, are shared; every code
+    path runs in oracle 1 above): the methods of SPEC §2-3 on sew_resnet34, the baselines on resnet18.
     sew_resnet34 gets 64×64 inputs: at 16×16 its last stage is 1×1, and per-step
     BatchNorm over 2 values per channel makes rate_s's gradient grow ~100× per block
     (a degenerate batch, not a bug)."""

@@ -4,14 +4,13 @@ inputs, and a short training run of each method family on each temporal task."""
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from configs import digits_latency, digits_rows
 from ratebp_jax import models, train
 from test_methods import random_variables, step
 from test_online_methods import sltt_k_step
-from test_own_model import assert_same_step
+from test_own_model import assert_oracles_1_and_5, assert_same_step
 
 ROW = (1, 8, 1)  # one step of digits_rows: [H, W, C]
 
@@ -29,11 +28,7 @@ def setup(batch_norm, batch=3, timesteps=1):
 @pytest.mark.parametrize("batch_norm", [True, False])
 def test_oracles_1_and_5_at_one_timestep(batch_norm):
     """T = 1: rate_m == bptt_m, rate_s == bptt_s, sltt == ottt == bptt_s."""
-    model, variables, sequence, labels = setup(batch_norm)
-    reference = {bptt: step(model, bptt, variables, sequence, labels, 1) for bptt in ("bptt_m", "bptt_s")}
-    for method, bptt in (("rate_m", "bptt_m"), ("rate_s", "bptt_s"), ("sltt", "bptt_s"), ("ottt", "bptt_s")):
-        assert_same_step(step(model, method, variables, sequence, labels, 1), reference[bptt])
-    assert float(optax.tree.norm(reference["bptt_m"].grads)) > 0
+    assert_oracles_1_and_5(*setup(batch_norm))
 
 
 @pytest.mark.parametrize("batch_norm", [True, False])

@@ -39,15 +39,19 @@ def assert_same_step(a, b, rtol=1e-10):
     assert relative_error(a.batch_stats, b.batch_stats) <= rtol if jax.tree.leaves(b.batch_stats) else True
 
 
-@pytest.mark.parametrize("name", ["own_cnn", "own_mlp"])
-def test_oracles_1_and_5_at_one_timestep(name):
-    """float64, T = 1, a one-step sequence: rate_m == bptt_m, rate_s == bptt_s, sltt == ottt == bptt_s."""
-    model, variables, images, labels = setup(name)
-    sequence = images[:, None]
+def assert_oracles_1_and_5(model, variables, sequence, labels):
+    """sequence [B, 1, ...]: rate_m == bptt_m, rate_s == bptt_s, sltt == ottt == bptt_s (float64)."""
     reference = {bptt: step(model, bptt, variables, sequence, labels, 1) for bptt in ("bptt_m", "bptt_s")}
     for method, bptt in (("rate_m", "bptt_m"), ("rate_s", "bptt_s"), ("sltt", "bptt_s"), ("ottt", "bptt_s")):
         assert_same_step(step(model, method, variables, sequence, labels, 1), reference[bptt])
     assert float(optax.tree.norm(reference["bptt_m"].grads)) > 0
+
+
+@pytest.mark.parametrize("name", ["own_cnn", "own_mlp"])
+def test_oracles_1_and_5_at_one_timestep(name):
+    """float64, T = 1, a one-step sequence: rate_m == bptt_m, rate_s == bptt_s, sltt == ottt == bptt_s."""
+    model, variables, images, labels = setup(name)
+    assert_oracles_1_and_5(model, variables, images[:, None], labels)
 
 
 def test_oracle5_bptt_remat_and_sltt_k():

@@ -206,8 +206,7 @@ CONFIG_FILES = sorted(f[:-3] for f in os.listdir(os.path.join(REPO, "configs")) 
 
 @pytest.mark.parametrize("name", CONFIG_FILES)
 @pytest.mark.parametrize("variant", ["", "smoke"])
-def test_every_config_file_validates(name, variant):
+def test_every_config_file_validates(name, variant, tmp_path):
     """Every recipe in configs/ (and its smoke variant) passes the checks a run makes before data."""
     config = importlib.import_module(f"configs.{name}").get_config(variant)
-    configuration.validate(config, data.DATASETS, sequence_lengths=data.SEQUENCE_LENGTHS,
-                           input_shapes=data.INPUT_SHAPES)
+    assert train.check_run(config, str(tmp_path / "run")) == "new"
